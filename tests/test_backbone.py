@@ -1,0 +1,238 @@
+"""The ConvNeur backbone in pure PyTorch: shapes, gradients, options, precision, errors."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from convneur_mm import ConvNeur, NeuralMemory
+from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
+
+STRIDES = (4, 8, 16, 32)
+
+
+def build(arch='m1', **kwargs):
+    torch.manual_seed(0)
+    model = ConvNeur(arch, **kwargs)
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize('shape', [
+    (1, 3, 223, 341), (2, 3, 64, 96), (1, 3, 800, 1333), (1, 3, 224, 224), (1, 3, 1, 1),
+    (1, 3, 31, 33), (3, 3, 97, 45), (1, 3, 32, 512), (1, 3, 5, 7)])
+def test_output_shapes_and_strides(shape):
+    model = build('m1', chunk_size=4096 if shape[-1] > 1000 else 196).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(shape))
+    assert isinstance(outs, tuple) and len(outs) == 4
+    for out, stride, channels in zip(outs, STRIDES, model.arch['widths']):
+        assert out.shape == (shape[0], channels, math.ceil(shape[2] / stride),
+                             math.ceil(shape[3] / stride))
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('arch', ['m1', 'm2', 'm3', 'm4'])
+def test_presets_within_5_percent_of_paper(arch):
+    model = ConvNeurClassifier(arch)
+    params = count_params(model) / 1e6
+    flops = count_flops(model)[0] / 1e9
+    ref = PAPER_COMPLEXITY[arch]
+    assert abs(params / ref['params_m'] - 1) <= 0.05, params
+    assert abs(flops / ref['flops_g'] - 1) <= 0.05, flops
+
+
+@pytest.mark.parametrize('read_mode', ['prev', 'final'])
+@pytest.mark.parametrize('memory_placement', ['stage', 'block', 'none'])
+def test_gradients_reach_every_parameter(read_mode, memory_placement):
+    # chunk_size 4 gives every stage at least two chunks at 64x96, so even in 'prev' mode every
+    # gate is used (see test_prev_mode_single_chunk_gates_unused for the one-chunk case).
+    model = build('m1', read_mode=read_mode, memory_placement=memory_placement, chunk_size=4,
+                  layer_scale_init_value=1.0)
+    outs = model(torch.randn(2, 3, 64, 96))
+    sum(o.square().mean() for o in outs).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+    n_memories = sum(isinstance(m, NeuralMemory) for m in model.modules())
+    assert n_memories == {'stage': 4, 'block': sum(model.arch['depths']), 'none': 0}[
+        memory_placement]
+
+
+def test_prev_mode_single_chunk_gates_unused():
+    """Documented behaviour: with 'prev', a stage held in one chunk never reads a write."""
+    model = build('m1', read_mode='prev', out_indices=(3,))
+    model(torch.randn(1, 3, 32, 32))[0].sum().backward()  # stage 1: 64 tokens < 196
+    unused = {n for n, p in model.named_parameters() if p.grad is None}
+    assert unused == {f'stages.{i}.memory.gates.{w}' for i in range(4) for w in ('weight', 'bias')}
+
+
+def test_read_modes_differ_and_memory_changes_output():
+    x = torch.randn(1, 3, 96, 96)
+    outs = {}
+    for mode in ('prev', 'final'):
+        model = build('m1', read_mode=mode, layer_scale_init_value=1.0, chunk_size=16).eval()
+        with torch.no_grad():
+            outs[mode] = model(x)[-1]
+    assert not torch.allclose(outs['prev'], outs['final'], atol=1e-5)
+
+
+def test_out_indices_and_unbuilt_stages():
+    model = build('m1', out_indices=(1, 2))
+    assert len(model.stages) == 3 and model.out_channels == (80, 160)
+    assert not hasattr(model, 'norm0') and not hasattr(model, 'norm3')
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [80, 160]
+    assert build('m1', out_indices=-1).out_indices == (3,)
+
+
+def test_gap_before_final_norm():
+    model = build('m2', out_indices=(3,), gap_before_final_norm=True)
+    (out,) = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 384)
+
+
+@pytest.mark.parametrize('frozen_stages', [0, 2, 4])
+def test_frozen_stages(frozen_stages):
+    model = build('m1', frozen_stages=frozen_stages)
+    model.train()
+    frozen = [model.stem] + list(model.stages[:frozen_stages])
+    trainable = list(model.stages[frozen_stages:])
+    for m in frozen:
+        assert all(not p.requires_grad for p in m.parameters())
+        assert all(not sub.training for sub in m.modules())
+    for m in trainable:
+        assert all(p.requires_grad for p in m.parameters())
+        assert all(sub.training for sub in m.modules())
+    loss = sum(o.sum() for o in model(torch.randn(1, 3, 64, 64)))
+    if trainable:
+        loss.backward()
+        assert all(p.grad is None for m in frozen for p in m.parameters())
+    else:
+        assert not loss.requires_grad
+
+
+def test_norm_eval_keeps_batchnorm_in_eval():
+    # ConvNeur itself has only LayerNorms; norm_eval must still hold for a BatchNorm a user
+    # swaps in (e.g. a converted checkpoint), as it does in mmdet's ResNet.
+    for norm_eval in (True, False):
+        model = build('m1', norm_eval=norm_eval)
+        model.stem[1] = nn.BatchNorm2d(20)
+        model.train()
+        assert model.stem[1].training is not norm_eval
+        assert model.stages[0].training
+
+
+def test_train_returns_self():
+    model = build('m1')
+    assert model.train() is model and model.eval() is model
+
+
+@pytest.mark.parametrize('memory_placement', ['stage', 'block'])
+def test_with_cp_same_outputs_and_gradients(memory_placement):
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for with_cp in (False, True):
+        model = build('m1', with_cp=with_cp, memory_placement=memory_placement,
+                      layer_scale_init_value=1.0, drop_path_rate=0.0)
+        model.train()
+        outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append((outs, {n: p.grad for n, p in model.named_parameters()}))
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7)
+
+
+def test_drop_path_is_random_in_train_and_off_in_eval():
+    model = build('m1', drop_path_rate=0.5, layer_scale_init_value=1.0)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    assert not torch.allclose(model(x)[-1], model(x)[-1])
+    model.eval()
+    torch.testing.assert_close(model(x)[-1], model(x)[-1])
+
+
+def test_bf16_autocast_forward_is_finite_and_close():
+    model = build('m1', layer_scale_init_value=1.0, chunk_size=64).eval()
+    x = torch.randn(2, 3, 96, 128)
+    dtypes = []
+    model.stages[1].blocks[0].pwconv1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+    assert dtypes == [torch.float32, torch.bfloat16]  # autocast really ran the matmuls in bf16
+    for a, b in zip(ref, low):
+        assert torch.isfinite(b).all()
+        rel = (a - b.float()).norm() / a.norm()
+        assert rel < 0.05, rel
+
+
+def test_memory_state_stays_fp32_under_autocast():
+    mem = NeuralMemory(16, 32, head_dim=16, chunk_size=8)
+    seen = []
+    orig = mem.memory.grad
+    mem.memory.grad = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mem(torch.randn(1, 16, 6, 6))
+    assert seen and set(seen) == {torch.float32}
+
+
+def test_memory_type_mlp_builds_and_trains():
+    model = build('m1', memory_type='mlp')
+    model(torch.randn(1, 3, 64, 64))[-1].sum().backward()
+    assert model.stages[0].memory.memory.initial[1].grad is not None
+
+
+def test_get_layer_depth():
+    model = build('m2')  # depths (3, 3, 4, 3): 13 blocks + stem + head = 15 layers
+    assert model.get_layer_depth('backbone.stem.0.weight', 'backbone.') == (0, 15)
+    assert model.get_layer_depth('backbone.stages.0.blocks.0.dwconv.weight', 'backbone.') == (1, 15)
+    assert model.get_layer_depth('backbone.stages.1.downsample.conv.weight', 'backbone.') == (4, 15)
+    assert model.get_layer_depth('backbone.stages.1.memory.qkv.weight', 'backbone.') == (4, 15)
+    assert model.get_layer_depth('backbone.stages.3.blocks.2.gamma', 'backbone.') == (13, 15)
+    assert model.get_layer_depth('backbone.norm3.weight', 'backbone.') == (14, 15)
+    assert model.get_layer_depth('neck.lateral_convs.0.conv.weight', 'backbone.') == (14, 15)
+    depths = [model.get_layer_depth(n)[0] for n, _ in model.named_parameters()]
+    assert min(depths) == 0 and max(depths) == 14
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(arch='m9'), ValueError, r"arch='m9'.*'m1', 'm2', 'm3', 'm4'"),
+    (dict(arch=dict(widths=(1, 2))), ValueError, 'missing keys'),
+    (dict(out_indices=(4,)), ValueError, r'out_indices entry 4.*-4\.\.3'),
+    (dict(out_indices=()), TypeError, 'out_indices'),
+    (dict(frozen_stages=5), ValueError, r'frozen_stages.*\[-1, 4\].*5'),
+    (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
+    (dict(chunk_size=0), ValueError, 'chunk_size must be a positive int, got 0'),
+    (dict(chunk_size=-3), ValueError, 'chunk_size'),
+    (dict(read_mode='next'), ValueError, r"read_mode='next'.*'prev', 'final'"),
+    (dict(memory_placement='layer'), ValueError, r"memory_placement='layer'.*'stage'"),
+    (dict(memory_type='deep'), ValueError, r"memory_type='deep'.*'linear', 'mlp'"),
+    (dict(max_lr=0), ValueError, 'max_lr'),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    kwargs.setdefault('arch', 'm1')
+    with pytest.raises(error, match=match):
+        ConvNeur(**kwargs)
+
+
+@pytest.mark.parametrize('x, match', [
+    (torch.randn(1, 1, 32, 32), r'in_channels=3.*1 channels'),
+    (torch.randn(3, 32, 32), r'\(B, C, H, W\).*\(3, 32, 32\)'),
+    (torch.randn(1, 3, 0, 32), 'at least 1x1'),
+])
+def test_bad_inputs_are_named(x, match):
+    with pytest.raises(ValueError, match=match):
+        build('m1')(x)
+
+
+def test_import_needs_no_openmmlab_task_package():
+    code = ('import sys, convneur_mm; '
+            'bad = [m for m in ("mmcv", "mmdet", "mmseg", "mmpretrain") if m in sys.modules]; '
+            'assert not bad, bad')
+    subprocess.run([sys.executable, '-c', code], check=True)
