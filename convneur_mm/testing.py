@@ -5,7 +5,7 @@ Each builder imports its OpenMMLab package only when called, so importing this m
 import torch
 
 
-def det_batch(size, num_images=1):
+def det_batch(size, num_images=1, labels=(0, 1)):
     """An mmdet batch: ``num_images`` random (3, size, size) images with two boxes/masks each."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
@@ -21,7 +21,7 @@ def det_batch(size, num_images=1):
         sample = DetDataSample(metainfo=dict(
             img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
             scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
-        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 1]),
+        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor(labels),
                                            masks=BitmapMasks(masks.numpy(), size, size))
         inputs.append(torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=gen))
         samples.append(sample)

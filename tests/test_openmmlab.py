@@ -17,7 +17,7 @@ from mmengine.registry import init_default_scope
 
 import convneur_mm
 from convneur_mm import ConvNeur
-from convneur_mm.models import arch_channels
+from convneur_mm.presets import arch_channels
 
 from convneur_mm.testing import cls_batch, det_batch, run_train_step, seg_batch
 

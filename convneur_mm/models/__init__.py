@@ -1,7 +1,7 @@
 from mmengine.registry import MODELS as ROOT_MODELS
 
 from ..registry import MODELS
-from .convneur import ConvNeur, ConvNeurBlock, arch_channels
+from .convneur import ConvNeur, ConvNeurBlock
 from .neural_memory import NeuralMemory
 
 MODELS.register_module(module=ConvNeur)
@@ -10,4 +10,4 @@ MODELS.register_module(module=ConvNeur)
 # importing any of them.
 ROOT_MODELS.register_module(module=ConvNeur)
 
-__all__ = ['ConvNeur', 'ConvNeurBlock', 'NeuralMemory', 'arch_channels']
+__all__ = ['ConvNeur', 'ConvNeurBlock', 'NeuralMemory']

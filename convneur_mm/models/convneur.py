@@ -379,8 +379,3 @@ class ConvNeur(BaseModule):
         return num_layers - 1, num_layers
 
 
-
-def arch_channels(arch, out_indices=(0, 1, 2, 3)):
-    """Channels of a preset's stage outputs, e.g. for a neck's ``in_channels`` in a config."""
-    widths = ConvNeur.parse_arch(arch)['widths']
-    return [widths[i] for i in out_indices]

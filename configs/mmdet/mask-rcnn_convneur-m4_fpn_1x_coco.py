@@ -1,0 +1,6 @@
+# Mask R-CNN + FPN, 1x on COCO with ConvNeur-M4.
+_base_ = ['./mask-rcnn_convneur-m2_fpn_1x_coco.py']
+
+from convneur_mm.presets import arch_channels, backbone_cfg
+
+model = dict(backbone=backbone_cfg('m4', 'dense'), neck=dict(in_channels=arch_channels('m4')))

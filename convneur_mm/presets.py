@@ -1,0 +1,48 @@
+"""Per-preset settings used by the configs, kept in one place.
+
+Configs import these (``from convneur_mm.presets import arch_channels, backbone_cfg``) so that
+switching the preset is a one-word change that also fixes the neck's channels.
+"""
+from .models import ConvNeur
+
+# Stochastic depth per preset: classification follows DeiT-T / ConvNeXt-atto-sized models,
+# dense prediction the Swin-T / ConvNeXt-T downstream recipes scaled down with model size.
+DROP_PATH = {
+    'classification': dict(m1=0.05, m2=0.1, m3=0.1, m4=0.2),
+    'dense': dict(m1=0.1, m2=0.1, m3=0.2, m4=0.3),
+}
+
+
+def arch_channels(arch, out_indices=(0, 1, 2, 3)):
+    """Channels of a preset's stage outputs, e.g. for a neck's ``in_channels``."""
+    widths = ConvNeur.parse_arch(arch)['widths']
+    return [widths[i] for i in out_indices]
+
+
+def pretrained_checkpoint(arch):
+    """Where ``tools/train.py configs/mmpretrain/convneur-<arch>_8xb128_in1k.py`` ends."""
+    return f'work_dirs/convneur-{arch}_8xb128_in1k/epoch_300.pth'
+
+
+def backbone_cfg(arch, task, **overrides):
+    """The ``model.backbone`` dict of a config (it replaces the base's backbone).
+
+    Args:
+        arch (str): ``'m1'``..``'m4'``.
+        task (str): ``'classification'`` (224x224 ImageNet: the preset's memory settings,
+            pooled output) or ``'dense'`` (detection/segmentation: the paper's detection memory
+            settings, chunk 4096 and inner step 1e-3, all four maps, ImageNet-pretrained init).
+        **overrides: any other ConvNeur argument.
+    """
+    if task not in DROP_PATH:
+        raise ValueError(f'task={task!r}; expected one of {sorted(DROP_PATH)}')
+    cfg = dict(_delete_=True, type='convneur_mm.ConvNeur', arch=arch,
+               drop_path_rate=DROP_PATH[task][arch])
+    if task == 'classification':
+        cfg.update(out_indices=(3,), gap_before_final_norm=True)
+    else:
+        cfg.update(out_indices=(0, 1, 2, 3), chunk_size=4096, max_lr=1e-3,
+                   init_cfg=dict(type='Pretrained', checkpoint=pretrained_checkpoint(arch),
+                                 prefix='backbone.'))
+    cfg.update(overrides)
+    return cfg

@@ -1,0 +1,66 @@
+"""The offline demos on real images, and what tools/train.py does without a dataset."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp('data')
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'prepare_data.py'), '--out', str(out),
+                    '--only', 'nuclei'], check=True)
+    return out
+
+
+def test_prepared_nuclei_sets(data_root):
+    train = json.loads((data_root / 'nuclei/annotations/instances_train.json').read_text())
+    val = json.loads((data_root / 'nuclei/annotations/instances_val.json').read_text())
+    assert (len(train['images']), len(val['images'])) == (35, 4)
+    assert len(train['annotations']) > 300 and len(val['annotations']) > 25
+    assert all(a['area'] >= 12 and a['bbox'][2] > 0 for a in train['annotations'])
+    semantic = sorted((data_root / 'nuclei/semantic/val').glob('*.png'))
+    assert [p.name for p in semantic] == [i['file_name'] for i in val['images']]
+
+
+@pytest.mark.slow
+def test_detection_demo_learns(data_root, tmp_path):
+    cfg = Config.fromfile(str(REPO / 'configs/demo/mask-rcnn_convneur-m1_fpn_nuclei.py'))
+    root = f'{data_root}/nuclei/'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = root
+    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = root + 'annotations/instances_val.json'
+    iters = 30
+    cfg.train_cfg.update(max_iters=iters, val_interval=iters)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.default_hooks.logger.interval = 5
+    cfg.work_dir = str(tmp_path)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    logs = [json.loads(line) for line in
+            next(tmp_path.glob('*/vis_data/scalars.json')).read_text().splitlines()]
+    losses = [entry['loss'] for entry in logs if 'loss' in entry]
+    assert len(losses) == iters // 5
+    assert losses[-1] < 0.85 * losses[0], losses
+    metrics = [entry for entry in logs if 'coco/bbox_mAP' in entry]
+    assert metrics and 'coco/segm_mAP' in metrics[0]
+    assert (tmp_path / f'iter_{iters}.pth').is_file()
+    assert list(tmp_path.glob('*/vis_data/vis_image/*.png'))
+
+
+def test_train_without_coco_fails_at_once_with_a_pointer_to_the_demo(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / 'tools/train.py'),
+                          str(REPO / 'configs/maskrcnn_convneur.py')],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert 'COCO 2017' in out.stderr and 'data/coco/annotations/instances_train2017.json' in out.stderr
+    assert 'tools/prepare_data.py' in out.stderr and 'configs/demo/' in out.stderr
+    assert 'Traceback' not in out.stderr
+    assert not (tmp_path / 'work_dirs').exists()  # nothing built, nothing written
