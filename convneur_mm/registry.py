@@ -4,6 +4,8 @@ Child nodes of mmengine's root registries, so any OpenMMLab codebase can build o
 scope prefix (``type='convneur_mm.ConvNeur'``): mmengine imports this module when it meets the
 prefix, and the nodes import their ``locations`` on first use.
 """
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import Registry
@@ -13,3 +15,7 @@ MODELS = Registry('model', parent=MMENGINE_MODELS, scope='convneur_mm',
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     scope='convneur_mm', locations=['convneur_mm.engine'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='convneur_mm',
+                 locations=['convneur_mm.engine', 'convneur_mm.testing'])
+MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope='convneur_mm',
+                          locations=['convneur_mm.engine'])

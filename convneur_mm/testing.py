@@ -1,8 +1,14 @@
-"""Small synthetic batches and a one-step training check, for tests and smoke tools.
+"""Small synthetic batches, a one-step training check and a parameter dump, for tests.
 
-Each builder imports its OpenMMLab package only when called, so importing this module does not.
+Each builder imports its OpenMMLab task package only when called, so importing this module does not.
 """
+import os.path as osp
+
 import torch
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import Hook
+
+from .registry import HOOKS
 
 
 def det_batch(size, num_images=1, labels=(0, 1)):
@@ -82,3 +88,15 @@ def run_train_step(model, batch, optim_wrapper=None, check_backbone=False):
     if check_backbone and not any(n.startswith('backbone.') for n in moved):
         raise AssertionError('the backbone did not change after a training step')
     return {k: float(v) for k, v in log_vars.items()}
+
+
+@HOOKS.register_module()
+class DumpParametersHook(Hook):
+    """At the end of training, each rank saves its parameters to work_dir/parameters_rank<r>.pth,
+    so a test can check that distributed replicas stayed identical."""
+
+    def after_train(self, runner):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        torch.save(dict(rank=get_rank(), world_size=get_world_size(),
+                        parameters={n: p.detach().cpu() for n, p in model.named_parameters()}),
+                   osp.join(runner.work_dir, f'parameters_rank{get_rank()}.pth'))

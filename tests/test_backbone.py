@@ -221,13 +221,14 @@ def test_bad_arguments_are_named(kwargs, error, match):
         ConvNeur(**kwargs)
 
 
-@pytest.mark.parametrize('x, match', [
-    (torch.randn(1, 1, 32, 32), r'in_channels=3.*1 channels'),
-    (torch.randn(3, 32, 32), r'\(B, C, H, W\).*\(3, 32, 32\)'),
-    (torch.randn(1, 3, 0, 32), 'at least 1x1'),
+@pytest.mark.parametrize('x, error, match', [
+    (torch.randn(1, 1, 32, 32), ValueError, r'in_channels=3.*1 channels'),
+    (torch.randn(3, 32, 32), ValueError, r'\(B, C, H, W\).*\(3, 32, 32\)'),
+    (torch.randn(1, 3, 0, 32), ValueError, 'at least 1x1'),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, 'floating-point.*uint8'),
 ])
-def test_bad_inputs_are_named(x, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_inputs_are_named(x, error, match):
+    with pytest.raises(error, match=match):
         build('m1')(x)
 
 

@@ -11,14 +11,6 @@ from mmengine.runner import Runner
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope='session')
-def data_root(tmp_path_factory):
-    out = tmp_path_factory.mktemp('data')
-    subprocess.run([sys.executable, str(REPO / 'tools' / 'prepare_data.py'), '--out', str(out),
-                    '--only', 'nuclei'], check=True)
-    return out
-
-
 def test_prepared_nuclei_sets(data_root):
     train = json.loads((data_root / 'nuclei/annotations/instances_train.json').read_text())
     val = json.loads((data_root / 'nuclei/annotations/instances_val.json').read_text())
@@ -30,12 +22,9 @@ def test_prepared_nuclei_sets(data_root):
 
 
 @pytest.mark.slow
-def test_detection_demo_learns(data_root, tmp_path):
+def test_detection_demo_learns(demo_options, tmp_path):
     cfg = Config.fromfile(str(REPO / 'configs/demo/mask-rcnn_convneur-m1_fpn_nuclei.py'))
-    root = f'{data_root}/nuclei/'
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = root
-    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = root + 'annotations/instances_val.json'
+    cfg.merge_from_dict(dict(option.split('=', 1) for option in demo_options()))
     iters = 30
     cfg.train_cfg.update(max_iters=iters, val_interval=iters)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
@@ -64,3 +53,14 @@ def test_train_without_coco_fails_at_once_with_a_pointer_to_the_demo(tmp_path):
     assert 'tools/prepare_data.py' in out.stderr and 'configs/demo/' in out.stderr
     assert 'Traceback' not in out.stderr
     assert not (tmp_path / 'work_dirs').exists()  # nothing built, nothing written
+
+
+def test_missing_pretrained_checkpoint_fails_clearly(tmp_path, monkeypatch):
+    from convneur_mm.engine.launch import check_pretrained
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(str(REPO / 'configs/maskrcnn_convneur.py'))
+    with pytest.raises(SystemExit, match=r"(?s)ImageNet checkpoint 'work_dirs/convneur-m2_8xb128_in1k/"
+                                         r"epoch_300.pth'.*init_cfg=None"):
+        check_pretrained(cfg, 'configs/maskrcnn_convneur.py')
+    cfg.model.backbone.init_cfg = None
+    check_pretrained(cfg, 'configs/maskrcnn_convneur.py')  # from scratch: nothing to check

@@ -14,7 +14,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from convneur_mm.engine.launch import check_datasets
+from convneur_mm.engine.launch import check_datasets, setup_cpu_distributed
 
 VISUALIZATION_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook',
                        'mmpretrain': 'VisualizationHook'}
@@ -61,6 +61,7 @@ def main():
         else:
             hook.update(draw=True, test_out_dir=args.show_dir)
     check_datasets(cfg, args.config, loaders=('test_dataloader',))
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if init_only:
         runner.model.init_weights()  # the Runner initialises only on its training path

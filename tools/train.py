@@ -14,7 +14,8 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from convneur_mm.engine.launch import check_datasets, enable_amp
+from convneur_mm.engine.launch import (check_datasets, check_pretrained, enable_amp,
+                                       setup_cpu_distributed)
 
 
 def parse_args():
@@ -46,11 +47,15 @@ def main():
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         enable_amp(cfg)
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        cfg.resume, cfg.load_from = True, args.resume
+    if args.resume:
+        cfg.resume = True
+        cfg.load_from = None if args.resume == 'auto' else args.resume
+        # The weights come from the checkpoint: the pretrained backbone file is not needed.
+        if cfg.model.get('backbone', {}).get('init_cfg'):
+            cfg.model.backbone.init_cfg = None
     check_datasets(cfg, args.config)
+    check_pretrained(cfg, args.config)
+    setup_cpu_distributed(cfg)
     Runner.from_cfg(cfg).train()
 
 

@@ -63,3 +63,6 @@ default_hooks = dict(
 
 # Fixed seed: the demo numbers in the README are reproducible up to CPU floating-point noise.
 randomness = dict(seed=0)
+
+# Random generator states go into checkpoints, so a resumed run continues exactly.
+custom_hooks = [dict(type='convneur_mm.RNGStateHook')]

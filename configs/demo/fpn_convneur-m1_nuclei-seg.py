@@ -71,3 +71,6 @@ log_processor = dict(by_epoch=False)
 
 # Fixed seed: the demo numbers in the README are reproducible up to CPU floating-point noise.
 randomness = dict(seed=0)
+
+# Random generator states go into checkpoints, so a resumed run continues exactly.
+custom_hooks = [dict(type='convneur_mm.RNGStateHook')]

@@ -14,3 +14,6 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='convneur_mm.LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9, flat_decay_mult=0.0))
+
+# Random generator states go into checkpoints, so a resumed run continues exactly.
+custom_hooks = [dict(type='convneur_mm.RNGStateHook')]

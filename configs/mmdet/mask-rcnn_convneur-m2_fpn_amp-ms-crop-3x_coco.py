@@ -15,3 +15,6 @@ optim_wrapper = dict(
     # ConvNeXt-T uses 0.95 per "layer" of 6; ours decays per block, so 0.95 over 14-18 blocks.
     constructor='convneur_mm.LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.95, flat_decay_mult=0.0))
+
+# Random generator states go into checkpoints, so a resumed run continues exactly.
+custom_hooks = [dict(type='convneur_mm.RNGStateHook')]

@@ -18,3 +18,6 @@ optim_wrapper = dict(
     constructor='convneur_mm.LayerDecayOptimWrapperConstructor',
     # no weight decay on norms, biases and layer scales; no layer-wise decay in pre-training
     paramwise_cfg=dict(_delete_=True, layer_decay_rate=1.0, flat_decay_mult=0.0))
+
+# Random generator states go into checkpoints, so a resumed run continues exactly.
+custom_hooks = [dict(type='convneur_mm.RNGStateHook')]

@@ -1,3 +1,4 @@
+from .hooks import RNGStateHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
 
-__all__ = ['LayerDecayOptimWrapperConstructor']
+__all__ = ['LayerDecayOptimWrapperConstructor', 'RNGStateHook']

@@ -1,7 +1,12 @@
-"""Config checks shared by tools/train.py and tools/test.py."""
+"""Config checks and launch set-up shared by tools/train.py and tools/test.py."""
 import os.path as osp
 
 import torch
+import torch.distributed as torch_dist
+from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel
+
+from ..registry import MODEL_WRAPPERS
 
 # The offline demo of each task, named in the error a missing dataset raises.
 DEMOS = {
@@ -57,14 +62,62 @@ def check_datasets(cfg, config_path, loaders=('train_dataloader', 'val_dataloade
                 f'    python tools/prepare_data.py && python tools/train.py {DEMOS.get(scope, "")}')
 
 
+def check_pretrained(cfg, config_path):
+    """Fail at once if the backbone's ``Pretrained`` checkpoint is a local file that is missing."""
+    init_cfg = cfg.model.get('backbone', {}).get('init_cfg')
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+        return
+    checkpoint = init_cfg.get('checkpoint')
+    if not checkpoint or '://' in checkpoint or osp.exists(checkpoint):
+        return
+    raise SystemExit(
+        f'{config_path}: the backbone starts from the ImageNet checkpoint {checkpoint!r} '
+        f'(model.backbone.init_cfg), which does not exist.\n'
+        f'Train it with the matching configs/mmpretrain/ config, point to yours with '
+        f'--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
+        f'--cfg-options model.backbone.init_cfg=None.')
+
+
 def enable_amp(cfg):
     """Switch the config's optimizer wrapper to mmengine's AmpOptimWrapper (dynamic loss scale)."""
     if not torch.cuda.is_available():
-        raise SystemExit('--amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper); on a CPU, train '
-                         'in fp32 (bf16 autocast of the model is possible, see README '
-                         '"Reliability")')
+        raise SystemExit('--amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper); on a CPU, '
+                         'train in fp32 (see README "Reliability" for bf16 on CPU)')
     wrapper = cfg.optim_wrapper
     if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
         raise SystemExit(f'--amp supports OptimWrapper configs only, got {wrapper.type}')
     wrapper.type = 'AmpOptimWrapper'
     wrapper.setdefault('loss_scale', 'dynamic')
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for CPU processes: mmengine always passes ``device_ids``, which
+    torch's DDP rejects for a module on the CPU."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def setup_cpu_distributed(cfg):
+    """Start a gloo process group on a machine without GPUs, where mmengine 0.10 cannot.
+
+    mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the model with
+    CUDA device ids. Here the process group is started before the Runner (which then reuses it)
+    and the model is wrapped by :class:`CPUDistributedDataParallel`.
+    """
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise SystemExit(f'--launcher {cfg.launcher} needs GPUs; on CPU-only machines use '
+                         f'tools/dist_train.sh (torchrun, --launcher pytorch)')
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        print_log(f'no GPU: using the gloo backend instead of {dist_cfg.get("backend", "nccl")!r}',
+                  logger='current')
+        dist_cfg['backend'] = 'gloo'
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo')
+    cfg.setdefault('model_wrapper_cfg', dict(
+        type='convneur_mm.CPUDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False)))
