@@ -22,6 +22,6 @@ setup(
     install_requires=['torch>=2.1', 'mmengine>=0.10.4'],
     extras_require={
         'mm': ['mmdet==3.3.0', 'mmsegmentation==1.2.2', 'mmpretrain==1.2.0'],
-        'tests': ['pytest'],
+        'tests': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],
     },
 )
