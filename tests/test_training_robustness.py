@@ -68,7 +68,8 @@ def test_killed_run_resumes_to_the_same_weights(demo_options, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_keeps_ranks_identical(demo_options, tmp_path):
-    """tools/dist_train.sh with gloo; with_cp and a frozen stage must not trip DDP."""
+    """tools/dist_train.sh with gloo. with_cp, a frozen stage and out_indices that leave stage 4
+    unused must not trip DDP (which runs without find_unused_parameters)."""
     env = dict(os.environ, PYTHON=sys.executable, PORT='29517', OMP_NUM_THREADS='1')
     config = tmp_path / 'demo_dump.py'
     config.write_text(f"_base_ = ['{DEMO}']\n"
@@ -79,11 +80,13 @@ def test_two_process_training_keeps_ranks_identical(demo_options, tmp_path):
                'default_hooks.checkpoint.interval': 20, 'default_hooks.logger.interval': 5,
                'env_cfg.dist_cfg.backend': 'gloo', 'train_dataloader.num_workers': 0,
                'train_dataloader.persistent_workers': False,
-               'model.backbone.with_cp': True, 'model.backbone.frozen_stages': 1})]
+               'model.backbone.with_cp': True, 'model.backbone.frozen_stages': 1,
+               'model.backbone.out_indices': '(0,1,2)', 'model.neck.in_channels': '[40,80,160]'})]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f'parameters_rank{r}.pth', weights_only=True) for r in (0, 1)]
     assert ranks[0]['world_size'] == 2 and ranks[0].keys() == ranks[1].keys()
+    assert not any(n.startswith('backbone.stages.3.') for n in ranks[0]['parameters'])
     for name, value in ranks[0]['parameters'].items():
         assert torch.equal(value, ranks[1]['parameters'][name]), name
     losses = [loss for _, loss in _losses(tmp_path)]

@@ -158,7 +158,7 @@ class NeuralMemory(nn.Module):
         self.norm = nn.LayerNorm(memory_dim)
         self.qkv = nn.Linear(memory_dim, 3 * memory_dim)
         # Step size (per token), momentum and decay (per chunk), one of each per head. Zero weights:
-        # the gates start data-independent at lr = max_lr / 2, eta ~ 0.9, alpha ~ 0.02.
+        # the gates start data-independent at lr = max_lr / (2L), eta ~ 0.9, alpha ~ 0.02.
         self.gates = nn.Linear(memory_dim, 3 * self.num_heads)
         self.memory = FastWeights(self.num_heads, head_dim, memory_type, mlp_ratio)
         self.out_norm_weight = nn.Parameter(torch.ones(self.num_heads, head_dim))
