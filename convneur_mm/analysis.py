@@ -16,8 +16,8 @@ PAPER_COMPLEXITY = {
 class ConvNeurClassifier(nn.Module):
     """ConvNeur + linear head, the model of the paper's ImageNet table: (B, 3, H, W) -> (B, classes).
 
-    The same structure as mmpretrain's ImageClassifier(ConvNeur, GlobalAveragePooling-free
-    LinearClsHead), without needing mmpretrain.
+    The backbone pools and normalises (``gap_before_final_norm``), so this is the network that
+    our mmpretrain configs build (ImageClassifier, no neck, LinearClsHead), without mmpretrain.
     """
 
     def __init__(self, arch='m2', num_classes=1000, **backbone_kwargs):
