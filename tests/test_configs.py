@@ -1,13 +1,12 @@
 """Every config under configs/ loads, builds its model and trains one step on a small CPU input."""
-import importlib
 from pathlib import Path
 
 import pytest
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 
 from convneur_mm import ConvNeur
+from convneur_mm.engine.launch import build_task_model
 from convneur_mm.testing import cls_batch, det_batch, run_train_step, seg_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,12 +32,9 @@ def test_config_builds_and_trains_one_step(path):
     if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # mmengine's AMP needs a GPU
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
-    if cfg.get('data_preprocessor') and 'data_preprocessor' not in cfg.model:
-        cfg.model.data_preprocessor = cfg.data_preprocessor  # as mmengine's Runner does
     if scope == 'mmseg':
         cfg.model.data_preprocessor.size = (128, 128)
-    init_default_scope(scope)
-    model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
+    model = build_task_model(cfg)
     assert isinstance(model.backbone, ConvNeur)
     if scope == 'mmdet':
         batch = det_batch(128, labels=(0, 0))

@@ -96,18 +96,17 @@ def test_two_process_training_keeps_ranks_identical(demo_options, tmp_path):
 def test_bf16_autocast_training_steps_stay_finite(demo_options):
     """Three training steps of the detection demo on real tiles, the backbone under CPU bf16
     autocast (mmcv's CPU RoIAlign has no bf16 kernel, so the heads stay in fp32)."""
-    import importlib
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
+
+    from convneur_mm.engine.launch import build_task_model
 
     cfg = Config.fromfile(DEMO)
     cfg.merge_from_dict(dict(o.split('=', 1) for o in demo_options()))
     cfg.train_dataloader.update(num_workers=0, persistent_workers=False)
-    init_default_scope('mmdet')
     torch.manual_seed(0)
-    model = importlib.import_module('mmdet.registry').MODELS.build(cfg.model)
+    model = build_task_model(cfg)
     model.init_weights()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     loader = iter(Runner.build_dataloader(cfg.train_dataloader, seed=0))

@@ -1,4 +1,5 @@
 from .hooks import RNGStateHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
+from .wrappers import CPUDistributedDataParallel
 
-__all__ = ['LayerDecayOptimWrapperConstructor', 'RNGStateHook']
+__all__ = ['CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'RNGStateHook']

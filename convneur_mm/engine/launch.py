@@ -1,12 +1,11 @@
 """Config checks and launch set-up shared by tools/train.py and tools/test.py."""
+import importlib
 import os.path as osp
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.logging import print_log
-from mmengine.model import MMDistributedDataParallel
-
-from ..registry import MODEL_WRAPPERS
+from mmengine.registry import init_default_scope
 
 # The offline demo of each task, named in the error a missing dataset raises.
 DEMOS = {
@@ -40,6 +39,18 @@ def _missing_paths(dataset):
     if not paths and root:
         paths.append(root)
     return [p for p in paths if not osp.exists(p)]
+
+
+def build_task_model(cfg):
+    """Build ``cfg.model`` in the config's scope (mmdet, mmseg or mmpretrain), as the Runner does.
+
+    A top-level ``data_preprocessor`` is handed to the model, like mmengine's Runner does.
+    """
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if cfg.get('data_preprocessor') and 'data_preprocessor' not in cfg.model:
+        cfg.model.data_preprocessor = cfg.data_preprocessor
+    return importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
 
 
 def check_datasets(cfg, config_path, loaders=('train_dataloader', 'val_dataloader')):
@@ -90,21 +101,12 @@ def enable_amp(cfg):
     wrapper.setdefault('loss_scale', 'dynamic')
 
 
-@MODEL_WRAPPERS.register_module()
-class CPUDistributedDataParallel(MMDistributedDataParallel):
-    """mmengine's DDP wrapper for CPU processes: mmengine always passes ``device_ids``, which
-    torch's DDP rejects for a module on the CPU."""
-
-    def __init__(self, module, device_ids=None, **kwargs):
-        super().__init__(module=module, device_ids=None, **kwargs)
-
-
 def setup_cpu_distributed(cfg):
     """Start a gloo process group on a machine without GPUs, where mmengine 0.10 cannot.
 
     mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the model with
     CUDA device ids. Here the process group is started before the Runner (which then reuses it)
-    and the model is wrapped by :class:`CPUDistributedDataParallel`.
+    and the model is wrapped by :class:`~convneur_mm.engine.CPUDistributedDataParallel`.
     """
     if cfg.launcher == 'none' or torch.cuda.is_available():
         return

@@ -7,15 +7,15 @@ optimizer) and, on the same preprocessed batches, the backbone alone (forward + 
 random output gradients), then prints the median of each and their ratio.
 """
 import argparse
-import importlib
 import statistics
 import time
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
+
+from convneur_mm.engine.launch import build_task_model
 
 
 def main():
@@ -29,13 +29,9 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
     cfg.model.backbone.init_cfg = None
-    if 'data_preprocessor' in cfg and 'data_preprocessor' not in cfg.model:
-        cfg.model.data_preprocessor = cfg.data_preprocessor
     torch.manual_seed(0)
-    model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
+    model = build_task_model(cfg)
     model.init_weights()
     model.train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)

@@ -9,12 +9,11 @@ of that image, so the whole-model number is indicative; the backbone number is e
 """
 import argparse
 
-import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
 
 from convneur_mm.analysis import count_flops, count_params
+from convneur_mm.engine.launch import build_task_model
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'mmpretrain': (224, 224)}
 
@@ -50,15 +49,12 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    from mmengine.registry import MODELS
     cfg.model.get('backbone', {}).pop('init_cfg', None)  # counting needs no weights
-    model = MODELS.build(cfg.model).eval()
+    model = build_task_model(cfg).eval()
     shape = tuple(args.shape or DEFAULT_SHAPES.get(scope, (224, 224)))
 
     backbone_flops = count_flops(model.backbone, (1, 3, *shape))[0]
-    with torch.no_grad():
-        total_flops = count_flops(TensorForward(model, scope), (1, 3, *shape))[0]
+    total_flops = count_flops(TensorForward(model, scope), (1, 3, *shape))[0]
     print(f'config: {args.config}\ninput: 1x3x{shape[0]}x{shape[1]}, counter: mmengine '
           f'FlopAnalyzer (1 multiply-add = 1 FLOP)')
     print(f'| part | params (M) | FLOPs (G) |\n|---|---|---|')
