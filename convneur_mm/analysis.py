@@ -1,4 +1,6 @@
 """Parameter and FLOP counting, shared by tools/analysis, the benchmarks and the tests."""
+import math
+
 import torch
 import torch.nn as nn
 
@@ -34,11 +36,24 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def _attention_flops(inputs, outputs):
+    # q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv): q k^T and the weighted sum of v.
+    from mmengine.analysis.jit_handles import get_shape
+    q, k, v = (get_shape(i) for i in inputs[:3])
+    batch = math.prod(q[:-2])
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def count_flops(model, shape=(1, 3, 224, 224)):
-    """FLOPs of one forward pass by mmengine's FlopAnalyzer (one multiply-add = one FLOP)."""
+    """FLOPs of one forward pass by mmengine's FlopAnalyzer (one multiply-add = one FLOP).
+
+    ``F.scaled_dot_product_attention`` (used by the transformer peers) is counted too: the
+    analyzer has no handle for it and would silently leave attention out.
+    """
     from mmengine.analysis import FlopAnalyzer
-    model = model.eval()
+    model.eval()  # not ``model = model.eval()``: some OpenMMLab backbones' train() returns None
     with torch.no_grad():
         analyzer = FlopAnalyzer(model, torch.zeros(shape))
+        analyzer.set_op_handle('aten::scaled_dot_product_attention', _attention_flops)
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return analyzer.total(), analyzer.by_module()

@@ -46,11 +46,12 @@ def test_presets_within_5_percent_of_paper(arch):
 
 @pytest.mark.parametrize('read_mode', ['prev', 'final'])
 @pytest.mark.parametrize('memory_placement', ['stage', 'block', 'none'])
-def test_gradients_reach_every_parameter(read_mode, memory_placement):
+@pytest.mark.parametrize('fusion', ['gate', 'add'])
+def test_gradients_reach_every_parameter(read_mode, memory_placement, fusion):
     # chunk_size 4 gives every stage at least two chunks at 64x96, so even in 'prev' mode every
     # gate is used (see test_prev_mode_single_chunk_gates_unused for the one-chunk case).
     model = build('m1', read_mode=read_mode, memory_placement=memory_placement, chunk_size=4,
-                  layer_scale_init_value=1.0)
+                  layer_scale_init_value=1.0, fusion=fusion)
     outs = model(torch.randn(2, 3, 64, 96))
     sum(o.square().mean() for o in outs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -76,6 +77,19 @@ def test_read_modes_differ_and_memory_changes_output():
         with torch.no_grad():
             outs[mode] = model(x)[-1]
     assert not torch.allclose(outs['prev'], outs['final'], atol=1e-5)
+
+
+def test_fusion_gate_multiplies_and_add_adds():
+    """One block, its global map fixed: 'gate' scales the local branch, 'add' shifts it."""
+    x, g = torch.randn(1, 40, 8, 8), torch.randn(1, 40, 8, 8)
+    for fusion in ('gate', 'add'):
+        model = build('m1', fusion=fusion, layer_scale_init_value=0.5).eval()
+        block = model.stages[0].blocks[0]
+        with torch.no_grad():
+            local = block(x, torch.ones_like(g) if fusion == 'gate' else torch.zeros_like(g)) - x
+            context = torch.sigmoid(g) if fusion == 'gate' else g
+            expected = local * context if fusion == 'gate' else local + 0.5 * g
+            torch.testing.assert_close(block(x, context) - x, expected)
 
 
 def test_out_indices_and_unbuilt_stages():
@@ -213,6 +227,7 @@ def test_get_layer_depth():
     (dict(read_mode='next'), ValueError, r"read_mode='next'.*'prev', 'final'"),
     (dict(memory_placement='layer'), ValueError, r"memory_placement='layer'.*'stage'"),
     (dict(memory_type='deep'), ValueError, r"memory_type='deep'.*'linear', 'mlp'"),
+    (dict(fusion='mul'), ValueError, r"fusion='mul'.*'gate', 'add'"),
     (dict(max_lr=0), ValueError, 'max_lr'),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):

@@ -3,6 +3,7 @@
     x ─ stem (2 x conv3x3/s2) ─┬─ stage 1 ─ stage 2 ─ stage 3 ─ stage 4      strides 4/8/16/32
                                ╰ each stage:  downsample ─ G = memory(x) ─ blocks, each
                                               x + DropPath(gamma * sigmoid(G) * local(x))
+                                              (fusion='add': x + DropPath(gamma * (local(x) + G)))
 
 Shapes: input (B, in_channels, H, W) with any H, W >= 1; stage i outputs (B, widths[i],
 ceil(H / s), ceil(W / s)) with s = 4 * 2**i.
@@ -19,6 +20,7 @@ from ..checkpoint import load_pretrained
 from .neural_memory import NeuralMemory
 
 MEMORY_PLACEMENTS = ('stage', 'block', 'none')
+FUSIONS = ('gate', 'add')
 
 
 def drop_path(x, p, training):
@@ -80,13 +82,16 @@ class ConvNeurBlock(nn.Module):
         layer_scale_init_value (float): initial gamma; 0 disables layer scale.
         memory_cfg (dict | None): with ``memory_placement='block'``, the block's own
             :class:`NeuralMemory` arguments.
+        fusion (str): how the global map G enters: ``'gate'`` multiplies the local branch by
+            sigmoid(G), ``'add'`` adds G to it (the paper's additive ablation).
 
     Shape:
-        x: (B, C, H, W); gate: (B, C, H, W) logits or None -> (B, C, H, W).
+        x: (B, C, H, W); context: (B, C, H, W) or None -> (B, C, H, W). The context is the
+        stage's global map, already passed through the sigmoid for ``'gate'`` fusion.
     """
 
     def __init__(self, channels, kernel_size=7, mlp_ratio=4.0, drop_path=0.0,
-                 layer_scale_init_value=1e-6, memory_cfg=None):
+                 layer_scale_init_value=1e-6, memory_cfg=None, fusion='gate'):
         super().__init__()
         self.dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
                                 groups=channels)
@@ -99,19 +104,24 @@ class ConvNeurBlock(nn.Module):
         self.gamma = (nn.Parameter(torch.full((channels,), float(layer_scale_init_value)))
                       if layer_scale_init_value > 0 else None)
         self.drop_path = drop_path
+        self.fusion = fusion
         self.memory = NeuralMemory(channels, **memory_cfg) if memory_cfg is not None else None
 
-    def forward(self, x, gate=None):
+    def forward(self, x, context=None):
         if self.memory is not None:
-            gate = self.memory(x)
+            context = global_context(self.memory(x), self.fusion)
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))).permute(0, 3, 1, 2)
+        if context is not None:
+            y = y * context if self.fusion == 'gate' else y + context
         if self.gamma is not None:
-            y = y * self.gamma
-        y = y.permute(0, 3, 1, 2)
-        if gate is not None:
-            y = torch.sigmoid(gate) * y
+            y = y * self.gamma.view(-1, 1, 1)
         return x + drop_path(y, self.drop_path, self.training)
+
+
+def global_context(g, fusion):
+    """What the blocks combine with their local branch: sigmoid(G) for gating, G for addition."""
+    return torch.sigmoid(g) if fusion == 'gate' else g
 
 
 class ConvNeurStage(nn.Module):
@@ -122,16 +132,18 @@ class ConvNeurStage(nn.Module):
     """
 
     def __init__(self, in_channels, channels, depth, downsample, drop_paths, memory_placement,
-                 memory_cfg, with_cp=False, **block_kwargs):
+                 memory_cfg, with_cp=False, fusion='gate', **block_kwargs):
         super().__init__()
         self.downsample = Downsample(in_channels, channels) if downsample else nn.Identity()
         self.memory = (NeuralMemory(channels, **memory_cfg)
                        if memory_placement == 'stage' else None)
         block_memory = memory_cfg if memory_placement == 'block' else None
         self.blocks = nn.ModuleList(
-            ConvNeurBlock(channels, drop_path=drop_paths[i], memory_cfg=block_memory, **block_kwargs)
+            ConvNeurBlock(channels, drop_path=drop_paths[i], memory_cfg=block_memory, fusion=fusion,
+                          **block_kwargs)
             for i in range(depth))
         self.with_cp = with_cp
+        self.fusion = fusion
 
     def _maybe_cp(self, fn, *args):
         # Recompute in backward only where it saves something: a frozen stage stores nothing anyway.
@@ -141,9 +153,12 @@ class ConvNeurStage(nn.Module):
 
     def forward(self, x):
         x = self.downsample(x)
-        gate = self._maybe_cp(self.memory, x) if self.memory is not None else None
+        context = None
+        if self.memory is not None:
+            # once per stage, not once per block
+            context = global_context(self._maybe_cp(self.memory, x), self.fusion)
         for block in self.blocks:
-            x = self._maybe_cp(block, x, gate)
+            x = self._maybe_cp(block, x, context)
         return x
 
 
@@ -178,6 +193,8 @@ class ConvNeur(BaseModule):
             ``find_unused_parameters=True``).
         memory_placement (str): ``'stage'`` (one memory per stage, its map gates every block),
             ``'block'`` (one per block) or ``'none'`` (local branch only).
+        fusion (str): ``'gate'`` (default, the paper's x + gamma * sigmoid(G) * local(x)) or
+            ``'add'`` (x + gamma * (local(x) + G), the additive ablation).
         memory_type (str): ``'linear'`` or ``'mlp'`` fast weights.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
@@ -211,8 +228,8 @@ class ConvNeur(BaseModule):
     def __init__(self, arch='m2', in_channels=3, out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  norm_eval=False, with_cp=False, drop_path_rate=0.0, layer_scale_init_value=1e-6,
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
-                 memory_placement='stage', memory_type='linear', gap_before_final_norm=False,
-                 init_cfg=None):
+                 memory_placement='stage', memory_type='linear', fusion='gate',
+                 gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
         widths, depths = self.arch['widths'], self.arch['depths']
@@ -223,6 +240,8 @@ class ConvNeur(BaseModule):
         if memory_placement not in MEMORY_PLACEMENTS:
             raise ValueError(f'memory_placement={memory_placement!r} is not supported; '
                              f'expected one of {MEMORY_PLACEMENTS}')
+        if fusion not in FUSIONS:
+            raise ValueError(f'fusion={fusion!r} is not supported; expected one of {FUSIONS}')
         if not isinstance(in_channels, int) or in_channels <= 0:
             raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
         self.in_channels = in_channels
@@ -245,7 +264,7 @@ class ConvNeur(BaseModule):
             self.stages.append(ConvNeurStage(
                 widths[i - 1] if i else widths[0], widths[i], depths[i], downsample=i > 0,
                 drop_paths=dpr[start:start + depths[i]], memory_placement=memory_placement,
-                memory_cfg=memory_cfg, with_cp=with_cp, kernel_size=kernel_size,
+                memory_cfg=memory_cfg, with_cp=with_cp, fusion=fusion, kernel_size=kernel_size,
                 mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
         # Output norms only for the requested stages: an unused norm would be an unused
         # parameter under DDP.

@@ -35,8 +35,8 @@ def soft_clip(g, max_norm, eps=1e-12):
     Smooth (unlike a hard clip) and an identity for small gradients; the ``eps`` inside the square
     root keeps the backward finite when a gradient is exactly zero (a fully masked chunk).
     """
-    norm = torch.sqrt(g.square().sum(dim=(-2, -1), keepdim=True) + eps)
-    return g * (max_norm * torch.tanh(norm / max_norm) / norm)
+    ratio = torch.sqrt(g.square().sum(dim=(-2, -1), keepdim=True) + eps) * (1 / max_norm)
+    return g * (torch.tanh(ratio) / ratio)
 
 
 class FastWeights(nn.Module):
@@ -77,43 +77,59 @@ class FastWeights(nn.Module):
         return (self.norm_weight.to(dtype).repeat(batch_size, 1).unsqueeze(1),
                 self.norm_bias.to(dtype).repeat(batch_size, 1).unsqueeze(1))
 
-    def forward(self, weights, z, ln):
-        """Apply f_W to z (G, n, d) and return (f_W(z), cache for :meth:`grad`)."""
-        gamma, beta = ln
+    def normalized(self, weights, z):
+        """LN(z W) (or LN(gelu(z W1) W2)) without the affine part, for z (G, n, d).
+
+        Returns the normalised (G, n, d) map and a cache for :meth:`grad`.
+        """
         if self.memory_type == 'linear':
-            hidden, act = None, None
+            hidden = act = None
             pre = torch.bmm(z, weights[0])
         else:
             hidden = torch.bmm(z, weights[0])
             act = F.gelu(hidden)
             pre = torch.bmm(act, weights[1])
-        mu = pre.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(pre.var(-1, unbiased=False, keepdim=True) + 1e-5)
-        normed = (pre - mu) * rstd
-        return z + normed * gamma + beta, (z, hidden, act, normed, rstd)
+        # Written out rather than Tensor.var (several times slower on CPU for a short last
+        # dimension), and rstd is kept because the closed-form gradient needs it.
+        centred = pre - pre.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + 1e-5)
+        normed = centred * rstd
+        return normed, (z, hidden, act, normed, rstd)
 
-    def grad(self, weights, cache, out, target, lr, ln):
-        """Closed-form gradient of sum_i lr_i * ||out_i - target_i||^2 with respect to each weight.
+    def forward(self, weights, z, ln):
+        """Read the memory: f_W(z) = z + LN(...) for z (G, n, d)."""
+        normed = self.normalized(weights, z)[0]
+        return torch.addcmul(z + ln[1], normed, ln[0])
+
+    def grad(self, weights, cache, d_normed, lr, lr_z=None):
+        """Closed-form gradient of the inner loss with respect to each weight.
 
         Args:
-            out, target: (G, n, d); lr: (G, n, 1), zero on padded tokens.
+            cache: from :meth:`normalized`, for the written tokens z.
+            d_normed: (G, n, d) gradient of the loss with respect to the normalised map, without
+                the per-token step size.
+            lr: (G, n, 1) per-token step size.
+            lr_z: ``lr * z`` when the caller has it already (computed for all chunks at once).
         Returns:
             list of (G, fan_in, fan_out) gradients, in the order of ``weights``.
         """
         z, hidden, act, normed, rstd = cache
-        gamma = ln[0]
-        # d loss / d LN output, then back through the LayerNorm (standard LN backward).
-        g = 2 * lr * (out - target) * gamma
+        lr_z = lr * z if lr_z is None else lr_z
+        g = d_normed
+        # Back through the normalisation (the standard LayerNorm backward). Everything after
+        # this point is linear per token, so the step size is applied to the (smaller) inputs
+        # of the final products instead of to the gradient.
         d_pre = rstd * (g - g.mean(-1, keepdim=True)
                         - normed * (g * normed).mean(-1, keepdim=True))
         if self.memory_type == 'linear':
-            return [torch.bmm(z.transpose(1, 2), d_pre)]
+            return [torch.bmm(lr_z.transpose(1, 2), d_pre)]
         d_act = torch.bmm(d_pre, weights[1].transpose(1, 2))
         # derivative of the exact (erf) GELU: Phi(x) + x * phi(x)
         cdf = 0.5 * (1 + torch.erf(hidden * (1 / math.sqrt(2))))
         pdf = torch.exp(-0.5 * hidden.square()) * (1 / math.sqrt(2 * math.pi))
         d_hidden = d_act * (cdf + hidden * pdf)
-        return [torch.bmm(z.transpose(1, 2), d_hidden), torch.bmm(act.transpose(1, 2), d_pre)]
+        return [torch.bmm(lr_z.transpose(1, 2), d_hidden),
+                torch.bmm((lr * act).transpose(1, 2), d_pre)]
 
 
 class NeuralMemory(nn.Module):
@@ -154,7 +170,9 @@ class NeuralMemory(nn.Module):
         self.read_mode = read_mode
         self.grad_clip = grad_clip
 
-        self.reduce = nn.Conv2d(in_channels, memory_dim, 1)
+        # Token-wise projections as Linear layers on channels-last tokens: one GEMM each, where
+        # 1x1 convolutions on NCHW maps cost several times more on CPU.
+        self.reduce = nn.Linear(in_channels, memory_dim)
         self.norm = nn.LayerNorm(memory_dim)
         self.qkv = nn.Linear(memory_dim, 3 * memory_dim)
         # Step size (per token), momentum and decay (per chunk), one of each per head. Zero weights:
@@ -162,7 +180,7 @@ class NeuralMemory(nn.Module):
         self.gates = nn.Linear(memory_dim, 3 * self.num_heads)
         self.memory = FastWeights(self.num_heads, head_dim, memory_type, mlp_ratio)
         self.out_norm_weight = nn.Parameter(torch.ones(self.num_heads, head_dim))
-        self.proj = nn.Conv2d(memory_dim, in_channels, 1)
+        self.proj = nn.Linear(memory_dim, in_channels)
         self._init_gates()
 
     def _init_gates(self):
@@ -180,8 +198,8 @@ class NeuralMemory(nn.Module):
 
     def forward(self, x):
         B, _, H, W = x.shape
-        N, nh, d, L = H * W, self.num_heads, self.head_dim, self.chunk_size
-        tokens = self.norm(self.reduce(x).flatten(2).transpose(1, 2))  # (B, N, C_m), raster order
+        N, nh, d = H * W, self.num_heads, self.head_dim
+        tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))  # (B, N, C_m), raster order
         q, k, v = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4).unbind(0)
         q = F.normalize(q, dim=-1).reshape(B * nh, N, d)
         k = F.normalize(k, dim=-1).reshape(B * nh, N, d)
@@ -196,11 +214,17 @@ class NeuralMemory(nn.Module):
             y = y.view(B, nh, N, d)
             y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-6)  # per-head RMSNorm
             y = y * self.out_norm_weight.to(dtype).view(1, nh, 1, d)
-        y = y.to(tokens.dtype).permute(0, 1, 3, 2).reshape(B, nh * d, H, W)
-        return self.proj(y)
+        y = self.proj(y.to(tokens.dtype).transpose(1, 2).reshape(B, N, nh * d))
+        # (B, C, H, W) with channels-last strides, like the local branch it is combined with.
+        return y.transpose(1, 2).view(B, -1, H, W)
 
     def _scan(self, q, k, v, logits, B):
-        """Sequential chunk loop. q, k, v: (G, N, d); logits: (B, N, 3 * nh). Returns (G, N, d)."""
+        """Sequential chunk loop. q, k, v: (G, N, d); logits: (B, N, 3 * nh). Returns (G, N, d).
+
+        The loop runs once per chunk and is bound by the number of small operations, not by
+        arithmetic, so everything that does not depend on the fast weights is computed for all
+        chunks before it.
+        """
         G, N, d = q.shape
         nh, L = self.num_heads, self.chunk_size
         T = -(-N // L)
@@ -220,30 +244,41 @@ class NeuralMemory(nn.Module):
         sums = (logits[..., nh:] * valid).view(B, T, L, 2 * nh).sum(2)
         means = sums / valid.view(B, T, L).sum(2, keepdim=True)
         eta, alpha = torch.sigmoid(means).view(B, T, 2, nh).permute(2, 1, 0, 3).reshape(2, T, G, 1, 1)
+        keep = 1 - alpha
 
-        ln = self.memory.ln_params(B, q.dtype)
+        gamma, beta = self.memory.ln_params(B, q.dtype)
+        # The inner loss sum_i lr_i ||k_i + gamma * normed_i + beta - v_i||^2 has the gradient
+        # lr * (c0 + c1 * normed) with respect to the normalised map, with c0 = 2 gamma (k + beta
+        # - v) and c1 = 2 gamma^2 known before the loop. Both are negated so that the loop
+        # accumulates -grad directly (soft_clip is odd).
+        c1 = -2 * gamma.square()
+        c0 = torch.addcmul(-2 * gamma * beta, k - v, -2 * gamma).split(L, 1)
+        lr_chunks = lr.split(L, 1)
+        lr_k = (lr * k).split(L, 1)
+        q_chunks, k_chunks = q.split(L, 1), k.split(L, 1)
+        eta, keep = eta.unbind(0), keep.unbind(0)
+
         weights = self.memory.initial_state(B, q.dtype)
         momentum = [torch.zeros_like(w) for w in weights]
         reads = []
         for t in range(T):
-            sl = slice(t * L, (t + 1) * L)
-            k_t, v_t, lr_t = k[:, sl], v[:, sl], lr[:, sl]
             if self.read_mode == 'prev':
                 # Read and the forward pass of the write share W_{t-1}: one batched pass.
-                out, cache = self.memory(weights, torch.cat([q[:, sl], k_t], 1), ln)
-                reads.append(out[:, :L])
+                normed, cache = self.memory.normalized(weights, torch.cat([q_chunks[t], k_chunks[t]], 1))
+                reads.append(normed[:, :L])
                 if t == T - 1:
                     break  # in 'prev' mode the last write is never read
-                out_k = out[:, L:]
-                cache = tuple(None if c is None else c[:, L:] for c in cache)
+                cache = (k_chunks[t],) + tuple(None if c is None else c[:, L:] for c in cache[1:])
+                normed = normed[:, L:]
             else:
-                out_k, cache = self.memory(weights, k_t, ln)
-            grads = self.memory.grad(weights, cache, out_k, v_t, lr_t, ln)
-            for i, g in enumerate(grads):
-                momentum[i] = eta[t] * momentum[i] - soft_clip(g, self.grad_clip)
-                weights[i] = (1 - alpha[t]) * weights[i] + momentum[i]
+                normed, cache = self.memory.normalized(weights, k_chunks[t])
+            neg_grads = self.memory.grad(weights, cache, torch.addcmul(c0[t], c1, normed),
+                                         lr_chunks[t], lr_k[t])
+            for i, g in enumerate(neg_grads):
+                momentum[i] = torch.addcmul(soft_clip(g, self.grad_clip), eta[t], momentum[i])
+                weights[i] = torch.addcmul(momentum[i], keep[t], weights[i])
         if self.read_mode == 'prev':
-            y = torch.cat(reads, 1)
+            y = torch.addcmul(q + beta, torch.cat(reads, 1), gamma)
         else:
-            y = self.memory(weights, q, ln)[0]
+            y = self.memory(weights, q, (gamma, beta))
         return y[:, :N]
