@@ -11,7 +11,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPP
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='convneur_mm',
-                  locations=['convneur_mm.models'])
+                  locations=['convneur_mm.models', 'convneur_mm.testing'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     scope='convneur_mm', locations=['convneur_mm.engine'])

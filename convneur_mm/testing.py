@@ -1,14 +1,29 @@
-"""Small synthetic batches, a one-step training check and a parameter dump, for tests.
+"""Small synthetic batches, a one-step training check and a parameter dump, for tests; a pooling
+neck for the comparison with peers (tools/compare_real.py).
 
 Each builder imports its OpenMMLab task package only when called, so importing this module does not.
 """
 import os.path as osp
 
 import torch
+import torch.nn as nn
 from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
 
-from .registry import HOOKS
+from .registry import HOOKS, MODELS
+
+
+@MODELS.register_module()
+class PoolMaps(nn.Module):
+    """Classification neck: global average pooling of every map of a list or a tuple.
+
+    mmpretrain's GlobalAveragePooling accepts only tuples, and mmdet's PVTv2 returns a list.
+
+    Shape: sequence of (B, C_i, H_i, W_i) -> tuple of (B, C_i).
+    """
+
+    def forward(self, inputs):
+        return tuple(x.mean((2, 3)) for x in inputs)
 
 
 def det_batch(size, num_images=1, labels=(0, 1)):

@@ -1,0 +1,105 @@
+"""tools/benchmark.py and tools/compare_real.py: their arithmetic, and a small run of each."""
+import csv
+import importlib.util
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from convneur_mm.analysis import count_flops
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_exponent_recovers_a_power_law():
+    fit = load_tool('benchmark').fit_exponent
+    pixels = [224 ** 2, 512 ** 2, 1024 ** 2, 2048 ** 2]
+    assert fit(pixels, [3.0 * p ** 1.3 for p in pixels]) == pytest.approx(1.3)
+    assert fit(pixels[:1], [1.0]) is None
+
+
+def test_count_flops_includes_attention():
+    class Attention(nn.Module):
+        def forward(self, x):  # x: (B, heads, N, d)
+            return F.scaled_dot_product_attention(x, x, x)
+
+    b, h, n, d = 2, 3, 50, 16
+    flops = count_flops(Attention(), (b, h, n, d))[0]
+    assert flops == b * h * n * n * 2 * d  # q k^T and the weighted sum, in multiply-adds
+
+
+def test_benchmark_small_run(tmp_path):
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models', 'convneur-m1',
+           'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '1',
+           '--throughput-batch', '2', '--out', str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['model'] for r in rows] == ['convneur-m1', 'convneur-m1-local', 'resnet18']
+    for r in rows:
+        assert float(r['latency_ms']) > 0 and float(r['peak_mem']) > 0
+        assert float(r['throughput']) > 0 and r['batch'] == '2'
+    flops = {r['model']: float(r['flops']) for r in rows}
+    assert 0.70e9 < flops['convneur-m1'] < 0.72e9 and flops['convneur-m1-local'] < flops['convneur-m1']
+    assert abs(flops['resnet18'] / 1.82e9 - 1) < 0.01  # mmpretrain's model card: 1.82 GFLOPs
+    report = (tmp_path / 'results.md').read_text()
+    assert 'convneur-m1 @224: memory branch <= 25% of FLOPs' in report
+    assert 'GFLOP/s >= 0.8x median of conv peers' in report
+    for png in ('gflops_per_s.png', 'flops_vs_latency_224.png'):
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_compare_real_configs_swap_only_the_backbone(tmp_path):
+    data = tmp_path / 'data'
+    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'prepare_data.py'), '--out', str(data)],
+                   check=True)
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'compare_real.py'), '--dry-run', '--tasks',
+           'cls', 'seg', '--runs', 'convneur-m1', 'resnet18', 'deit-tiny', 'pvtv2-b0', 'm1 fusion=add',
+           '--seeds', '3', '--work-dir', str(tmp_path), '--data-root', str(data)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'seg | deit-tiny: VisionTransformer' in out.stdout
+    from mmengine.config import Config
+    configs = {(task, run): Config.fromfile(tmp_path / task / run / 'seed3' / 'config.py')
+               for task in ('cls', 'seg')
+               for run in ('convneur-m1', 'resnet18', 'deit-tiny', 'pvtv2-b0', 'm1_fusion-add')}
+    reference = configs['seg', 'convneur-m1']
+    for (task, run), cfg in configs.items():
+        assert cfg.randomness.seed == 3
+        assert cfg.train_dataloader.dataset.data_root.startswith(str(data))
+        assert cfg.optim_wrapper.constructor == 'DefaultOptimWrapperConstructor'
+        base = configs[task, 'convneur-m1']
+        # the recipe is the same for every backbone of a task
+        assert cfg.optim_wrapper.optimizer == base.optim_wrapper.optimizer
+        assert cfg.param_scheduler == base.param_scheduler
+        assert cfg.train_dataloader.batch_size == base.train_dataloader.batch_size
+    assert configs['seg', 'resnet18'].model.neck.in_channels == [64, 128, 256, 512]
+    assert configs['seg', 'deit-tiny'].model.neck.type == 'MultiLevelNeck'
+    assert configs['cls', 'pvtv2-b0'].model.neck.type == 'convneur_mm.PoolMaps'  # list outputs
+    assert configs['cls', 'm1_fusion-add'].model.backbone.fusion == 'add'
+    assert reference.model.decode_head == configs['seg', 'resnet18'].model.decode_head
+
+
+def test_compare_real_summary_is_mean_and_half_range():
+    tool = load_tool('compare_real')
+
+    class Args:
+        tasks = ['cls']
+        seeds = [0, 1]
+        budget = {'cls': {'max_epochs': 1}}
+
+    results = [dict(task='cls', run='a', seed=0, seconds=10.0, **{'top-1': 80.0}),
+               dict(task='cls', run='a', seed=1, seconds=12.0, **{'top-1': 84.0})]
+    assert '| a | 82.00 ± 2.00 | 2 | 11 |' in tool.summarize(results, Args)

@@ -1,0 +1,507 @@
+"""Speed, FLOPs and memory of the ConvNeur backbones against peer backbones, side by side.
+
+    python tools/benchmark.py --quick            # a ~5 minute subset
+    python tools/benchmark.py                    # everything (about 30 minutes on 2 CPU cores)
+    python tools/benchmark.py --models convneur-m1 resnet18 --sizes 224 1024
+
+Every model is built in this process (ConvNeur from this package; the peers from the installed
+mmpretrain and mmdet) and timed in one interleaved loop: each round runs every model once, so
+drift of the machine hits all models alike; the reported latency is the median over rounds.
+On a CUDA machine the timings use CUDA events, fp16 autocast and channels_last.
+
+Reported per model and input size: backbone parameters, FLOPs (mmengine's FlopAnalyzer, one
+multiply-add = one FLOP, attention included), latency at batch 1, throughput at a larger batch
+(224^2 and 512^2), peak memory allocated by a forward pass (CPU: from the profiler's memory
+events; CUDA: max allocated), and achieved GFLOP/s. Then a least-squares fit of log FLOPs and log latency
+against log pixels, and the issue's targets, each with its measured value and PASS / MISS.
+
+Results go to ``--out`` (default ``work_dirs/benchmark``): results.csv, results.md and PNG plots.
+"""
+import argparse
+import contextlib
+import csv
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from convneur_mm.analysis import count_flops, count_params
+from convneur_mm.models import ConvNeur
+
+# name: (family, builder). The peers are the backbones only, with the defaults their dense
+# prediction configs use, so the comparison is backbone against backbone.
+CONVNEUR = ('m1', 'm2', 'm3', 'm4')
+
+
+CONVNEUR_OPTIONS = {}  # --convneur-options, applied to every ConvNeur model
+
+
+def _convneur(arch, **kwargs):
+    return lambda: ConvNeur(arch, **{**CONVNEUR_OPTIONS, **kwargs})
+
+
+def _mmpretrain(name, **kwargs):
+    def build():
+        from mmpretrain.models import backbones
+        return getattr(backbones, name)(**kwargs)
+    return build
+
+
+def _pvtv2(embed_dims, num_layers):
+    def build():
+        from mmdet.models.backbones import PyramidVisionTransformerV2
+        return PyramidVisionTransformerV2(embed_dims=embed_dims, num_layers=num_layers)
+    return build
+
+
+MODELS = {
+    **{f'convneur-{a}': ('convneur', _convneur(a)) for a in CONVNEUR},
+    # the same networks without their global branch: what the memory costs
+    **{f'convneur-{a}-local': ('convneur-local', _convneur(a, memory_placement='none'))
+       for a in CONVNEUR},
+    'resnet18': ('conv', _mmpretrain('ResNet', depth=18, out_indices=(0, 1, 2, 3))),
+    'resnet50': ('conv', _mmpretrain('ResNet', depth=50, out_indices=(0, 1, 2, 3))),
+    **{f'convnextv2-{a}': ('conv', _mmpretrain('ConvNeXt', arch=a, use_grn=True,
+                                               layer_scale_init_value=0., out_indices=(0, 1, 2, 3)))
+       for a in ('atto', 'femto', 'pico', 'nano')},
+    'pvtv2-b0': ('pvtv2', _pvtv2(32, [2, 2, 2, 2])),
+    'pvtv2-b1': ('pvtv2', _pvtv2(64, [2, 2, 2, 2])),
+    'pvtv2-b2': ('pvtv2', _pvtv2(64, [3, 4, 6, 3])),
+    'deit-tiny': ('vit', _mmpretrain('VisionTransformer', arch='deit-tiny', img_size=224,
+                                     patch_size=16)),
+    'deit-small': ('vit', _mmpretrain('VisionTransformer', arch='deit-small', img_size=224,
+                                      patch_size=16)),
+    'swin-tiny': ('swin', _mmpretrain('SwinTransformer', arch='tiny', img_size=224,
+                                      out_indices=(0, 1, 2, 3))),
+    'poolformer-s12': ('metaformer', _mmpretrain('PoolFormer', arch='s12', out_indices=(0, 2, 4, 6))),
+}
+QUICK_MODELS = ['convneur-m1', 'convneur-m2', 'convneur-m1-local', 'convneur-m2-local',
+                'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
+SIZES = {'224': (224, 224), '512': (512, 512), '1024': (1024, 1024), '2048': (2048, 2048),
+         'det': (800, 1280), 'seg': (512, 2048)}
+SQUARE = ('224', '512', '1024', '2048')
+# The local-only variants are only needed where the memory-share target is checked.
+LOCAL_SIZES = ('224', '1024')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help=f'models {QUICK_MODELS}, sizes 224/512/1024, 3 rounds')
+    parser.add_argument('--models', nargs='+', choices=sorted(MODELS), metavar='NAME',
+                        help=f'models to run (default: all): {", ".join(MODELS)}')
+    parser.add_argument('--sizes', nargs='+', choices=list(SIZES), metavar='SIZE',
+                        help='input sizes: 224 512 1024 2048 (square), det (800x1280), '
+                             'seg (512x2048); default: all')
+    parser.add_argument('--rounds', type=int, default=None,
+                        help='timed rounds per size (default 5, --quick 3; at most 3 above '
+                             '1024^2 pixels)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed runs per model and size')
+    parser.add_argument('--throughput-batch', type=int, default=16,
+                        help='batch for the throughput run at 224^2 (scaled down by pixels at '
+                             '512^2, skipped when it would be 1); 0 turns it off')
+    parser.add_argument('--budget', type=float, default=30.0,
+                        help='seconds: skip a model at a size when one forward pass takes longer '
+                             '(global attention at 2048^2) and say so')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: all cores)')
+    parser.add_argument('--convneur-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='ConvNeur arguments for every ConvNeur model, e.g. read_mode=prev')
+    parser.add_argument('--profile', nargs='+', default=[], metavar='NAME', choices=sorted(MODELS),
+                        help='also print a torch.profiler table (operators by self CPU time) of '
+                             'these models at every size, written to profile_<name>_<size>.txt')
+    parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
+    parser.add_argument('--no-plots', action='store_true')
+    args = parser.parse_args()
+    if args.models is None:
+        args.models = QUICK_MODELS if args.quick else list(MODELS)
+    if args.sizes is None:
+        args.sizes = ['224', '512', '1024'] if args.quick else list(SIZES)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
+    if args.rounds < 1 or args.warmup < 0 or args.budget <= 0:
+        parser.error('--rounds must be >= 1, --warmup >= 0 and --budget > 0')
+    for item in args.convneur_options:
+        key, sep, value = item.partition('=')
+        if not sep:
+            parser.error(f'--convneur-options expects KEY=VALUE, got {item!r}')
+        for cast in (int, float, str):
+            try:
+                CONVNEUR_OPTIONS[key] = cast(value)
+                break
+            except ValueError:
+                pass
+    return args
+
+
+class Timer:
+    """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self, fn):
+        if self.device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence the profiler's C++ start/stop lines (written to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def peak_memory(fn, device):
+    """Extra memory a forward pass allocates at its peak, in bytes (output included).
+
+    CUDA: max allocated above what was allocated before. CPU: the profiler's allocation and free
+    events of the pass, replayed in time order (the process's resident set would not do: the
+    allocator keeps freed memory).
+    """
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with quiet_stderr(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    current = peak = 0
+    for _, change in events:
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
+def profile(name, size, forward, out):
+    """Operators of three forward passes by self CPU time, printed and saved."""
+    with quiet_stderr(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            forward()
+    table = prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=20)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f'profile_{name}_{size}.txt').write_text(table)
+    log(f'  profile of {name} at {size} (3 passes):\n{table}')
+
+
+def make_forward(model, x, device):
+    """One inference pass as a closure: fp16 autocast on CUDA, fp32 on CPU."""
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16,
+                                                    enabled=device.type == 'cuda'):
+            model(x)
+    return forward
+
+
+def fit_exponent(pixels, values):
+    """Slope of log(value) against log(pixels) by least squares (None with < 2 points)."""
+    pts = [(math.log(p), math.log(v)) for p, v in zip(pixels, values) if v]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    return (sum((x - mx) * (y - my) for x, y in pts)
+            / sum((x - mx) ** 2 for x, _ in pts))
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(args):
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    timer = Timer(device)
+    log(f'device: {device} ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}), '
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
+        f'{args.rounds} interleaved rounds after {args.warmup} warm-up run(s)')
+
+    models = {}
+    for name in args.models:
+        model = MODELS[name][1]()
+        model.eval()
+        models[name] = model
+    rows = []
+    over_budget = {}  # model -> pixels at which one pass took longer than --budget
+    for size in args.sizes:
+        h, w = SIZES[size]
+        active = [n for n in args.models if h * w < over_budget.get(n, math.inf)
+                  and (MODELS[n][0] != 'convneur-local' or size in LOCAL_SIZES)]
+        log(f'\n== {size}: 1x3x{h}x{w}, {len(active)} models')
+        results = {}
+        for name in active:
+            model = models[name]
+            x = torch.randn(1, 3, h, w)
+            # FLOPs on CPU in fp32, before anything is moved or cast.
+            t0 = time.perf_counter()
+            flops = count_flops(model, (1, 3, h, w))[0]
+            model.to(device)
+            x = x.to(device)
+            if device.type == 'cuda':
+                model.to(memory_format=torch.channels_last)
+                x = x.to(memory_format=torch.channels_last)
+
+            forward = make_forward(model, x, device)
+            first = timer(forward)
+            if first > args.budget:
+                log(f'  {name:<20} one forward took {first:.1f} s > --budget {args.budget:.0f} s: '
+                    f'skipped here and at sizes with as many pixels or more')
+                over_budget[name] = h * w
+                model.to('cpu')
+                continue
+            for _ in range(args.warmup - 1):
+                forward()
+            results[name] = dict(model=name, family=MODELS[name][0], size=size, height=h, width=w,
+                                 params=count_params(model), flops=flops, times=[],
+                                 peak_mem=peak_memory(forward, device), forward=forward, x=x)
+            log(f'  {name:<20} {flops / 1e9:8.2f} GFLOPs, first run {first * 1e3:8.1f} ms '
+                f'(set-up {time.perf_counter() - t0:.1f} s)')
+        # fewer rounds where one pass takes seconds
+        rounds = args.rounds if h * w <= 1024 * 1024 else min(args.rounds, 3)
+        for r in range(rounds):
+            # rotate the order every round so no model always runs right after the same one
+            order = list(results)[r % max(len(results), 1):] + list(results)[:r % max(len(results), 1)]
+            for name in order:
+                results[name]['times'].append(timer(results[name]['forward']))
+            log(f'  round {r + 1}/{rounds} done')
+        batch = (max(1, round(args.throughput_batch * 224 * 224 / (h * w)))
+                 if args.throughput_batch else 1)
+        for name, res in results.items():
+            res['latency_ms'] = statistics.median(res['times']) * 1e3
+            res['spread_ms'] = (max(res['times']) - min(res['times'])) * 1e3
+            res['gflops_per_s'] = res['flops'] / 1e9 / (res['latency_ms'] / 1e3)
+            res['throughput'] = None
+            res['batch'] = batch
+            if batch > 1:
+                forward_batch = make_forward(models[name], res['x'].repeat(batch, 1, 1, 1), device)
+                forward_batch()
+                res['throughput'] = batch / statistics.median(timer(forward_batch) for _ in range(3))
+            log(f'  {name:<20} {res["latency_ms"]:9.1f} ms (spread {res["spread_ms"]:.1f}), '
+                f'{res["gflops_per_s"]:6.1f} GFLOP/s'
+                + (f', {res["throughput"]:.1f} img/s at batch {batch}' if res['throughput'] else '')
+                + (f', peak +{res["peak_mem"] / 2**20:.0f} MiB' if res['peak_mem'] is not None else ''))
+            if name in args.profile:
+                profile(name, size, res['forward'], args.out)
+            del res['forward'], res['x'], res['times']
+            rows.append(res)
+        for name in results:
+            models[name].to('cpu')
+    return rows, device
+
+
+# ----------------------------------------------------------------------------- reporting
+def by(rows, model, size):
+    for r in rows:
+        if r['model'] == model and r['size'] == size:
+            return r
+    return None
+
+
+def fits(rows):
+    """Per model: exponents of FLOPs and latency against pixels over the square sizes run."""
+    out = {}
+    for model in dict.fromkeys(r['model'] for r in rows):
+        pts = [by(rows, model, s) for s in SQUARE if by(rows, model, s)]
+        if len(pts) >= 2:
+            pix = [r['height'] * r['width'] for r in pts]
+            out[model] = dict(sizes=f'{pts[0]["size"]}-{pts[-1]["size"]}',
+                              flops=fit_exponent(pix, [r['flops'] for r in pts]),
+                              latency=fit_exponent(pix, [r['latency_ms'] for r in pts]))
+    return out
+
+
+def targets(rows, fitted):
+    """The issue's targets as (description, measured, passed) rows; only those with data.
+
+    ``passed`` is None for rows shown for information only.
+    """
+    checks = []
+    for arch in CONVNEUR:
+        name = f'convneur-{arch}'
+        f = fitted.get(name)
+        if f and f['sizes'] == '224-2048':
+            checks.append((f'{name}: FLOPs exponent 224^2-2048^2 <= 1.02', f'{f["flops"]:.3f}',
+                           f['flops'] <= 1.02))
+            checks.append((f'{name}: latency exponent 224^2-2048^2 <= 1.15', f'{f["latency"]:.3f}',
+                           f['latency'] <= 1.15))
+        for size in LOCAL_SIZES:
+            full, local = by(rows, name, size), by(rows, f'{name}-local', size)
+            if full and local:
+                fshare = 1 - local['flops'] / full['flops']
+                tshare = 1 - local['latency_ms'] / full['latency_ms']
+                checks.append((f'{name} @{size}: memory branch <= 25% of FLOPs', f'{fshare:.1%}',
+                               fshare <= 0.25))
+                checks.append((f'{name} @{size}: memory branch <= 30% of time (batch 1)',
+                               f'{tshare:.1%}', tshare <= 0.30))
+                if full['throughput'] and local['throughput']:
+                    bshare = 1 - full['throughput'] / local['throughput']
+                    checks.append((f'{name} @{size}: memory share of time at batch '
+                                   f'{full["batch"]} (for information)', f'{bshare:.1%}', None))
+        for size in ('224', '1024'):
+            full = by(rows, name, size)
+            conv = [r['gflops_per_s'] for r in rows if r['family'] == 'conv' and r['size'] == size]
+            if full and conv:
+                ratio = full['gflops_per_s'] / statistics.median(conv)
+                checks.append((f'{name} @{size}: GFLOP/s >= 0.8x median of conv peers',
+                               f'{ratio:.2f}x', ratio >= 0.8))
+        ref = by(rows, name, '224')
+        pvts = [r for r in rows if r['family'] == 'pvtv2' and r['size'] == '224']
+        similar = min(pvts, key=lambda r: abs(math.log(r['flops'] / ref['flops'])))['model'] \
+            if ref and pvts else None
+        for size in ('1024', '2048'):
+            mine = by(rows, name, size)
+            for peer in ('deit-tiny', similar):
+                other = by(rows, peer, size) if peer else None
+                if mine and other:
+                    ratio = other['latency_ms'] / mine['latency_ms']
+                    checks.append((f'{name} @{size}: faster than {peer}', f'{ratio:.2f}x',
+                                   ratio > 1))
+                elif mine and peer and by(rows, peer, '224'):
+                    checks.append((f'{name} @{size}: faster than {peer}',
+                                   f'{peer} over the time budget', True))
+    return checks
+
+
+def write_outputs(rows, device, args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ['model', 'family', 'size', 'height', 'width', 'params', 'flops', 'latency_ms',
+              'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem']
+    with open(out / 'results.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in fields})
+    fitted = fits(rows)
+    checks = targets(rows, fitted)
+    machine = (torch.cuda.get_device_name() if device.type == 'cuda'
+               else f'CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible)')
+    lines = [f'Machine: {machine}; torch {torch.__version__}; {args.rounds} interleaved rounds, '
+             f'median latency.', '', f'Command: `python tools/benchmark.py {" ".join(sys.argv[1:])}`',
+             '']
+    for size in args.sizes:
+        sized = [r for r in rows if r['size'] == size]
+        if not sized:
+            continue
+        h, w = SIZES[size]
+        lines += [f'### {h}x{w}', '',
+                  '| model | params (M) | GFLOPs | latency (ms, batch 1) | GFLOP/s | '
+                  'throughput (img/s) | peak memory (MiB) |', '|---|---|---|---|---|---|---|']
+        for r in sized:
+            tput = f'{r["throughput"]:.1f} (b{r["batch"]})' if r['throughput'] else '-'
+            mem = f'{r["peak_mem"] / 2**20:.0f}' if r['peak_mem'] is not None else '-'
+            lines.append(f'| {r["model"]} | {r["params"] / 1e6:.2f} | {r["flops"] / 1e9:.2f} | '
+                         f'{r["latency_ms"]:.1f} | {r["gflops_per_s"]:.1f} | {tput} | {mem} |')
+        lines.append('')
+    if fitted:
+        lines += ['### Exponents against pixel count (log-log least squares)', '',
+                  '| model | sizes | FLOPs exponent | latency exponent |', '|---|---|---|---|']
+        lines += [f'| {m} | {f["sizes"]} | {f["flops"]:.3f} | {f["latency"]:.3f} |'
+                  for m, f in fitted.items()]
+        lines.append('')
+    if checks:
+        lines += ['### Targets', '', '| target | measured | |', '|---|---|---|']
+        lines += [f'| {d} | {v} | {"-" if ok is None else "PASS" if ok else "MISS"} |'
+                  for d, v, ok in checks]
+        lines.append('')
+    text = '\n'.join(lines)
+    (out / 'results.md').write_text(text)
+    log('\n' + text)
+    if not args.no_plots:
+        plot(rows, fitted, out)
+    log(f'results: {out / "results.csv"}, {out / "results.md"}'
+        + ('' if args.no_plots else f', {out}/*.png'))
+
+
+def plot(rows, fitted, out):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    models = [m for m in dict.fromkeys(r['model'] for r in rows) if not m.endswith('-local')]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, key, label in ((axes[0], 'latency_ms', 'latency, batch 1 (ms)'),
+                           (axes[1], 'flops', 'FLOPs')):
+        for m in models:
+            pts = [by(rows, m, s) for s in SQUARE if by(rows, m, s)]
+            if len(pts) < 2:
+                continue
+            style = '-o' if m.startswith('convneur') else '--.'
+            exp = fitted.get(m, {}).get('latency' if key == 'latency_ms' else 'flops')
+            ax.plot([p['height'] * p['width'] for p in pts], [p[key] for p in pts], style,
+                    label=f'{m} (exp {exp:.2f})' if exp else m)
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('pixels')
+        ax.set_ylabel(label)
+        ax.grid(True, which='both', alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / 'scaling.png', dpi=120)
+    plt.close(fig)
+
+    sizes = [s for s in SIZES if any(r['size'] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        sized = [r for r in rows if r['size'] == size and not r['model'].endswith('-local')]
+        ax.barh([r['model'] for r in sized], [r['gflops_per_s'] for r in sized],
+                color=['tab:red' if r['family'] == 'convneur' else 'tab:gray' for r in sized])
+        ax.set_title(f'{SIZES[size][0]}x{SIZES[size][1]}')
+        ax.set_xlabel('achieved GFLOP/s (batch 1)')
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / 'gflops_per_s.png', dpi=120)
+    plt.close(fig)
+
+    sized = [r for r in rows if r['size'] == '224' and not r['model'].endswith('-local')]
+    if sized:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for r in sized:
+            ax.scatter(r['flops'] / 1e9, r['latency_ms'],
+                       c='tab:red' if r['family'] == 'convneur' else 'tab:gray')
+            ax.annotate(r['model'], (r['flops'] / 1e9, r['latency_ms']), fontsize=7)
+        ax.set_xlabel('GFLOPs at 224x224')
+        ax.set_ylabel('latency, batch 1 (ms)')
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / 'flops_vs_latency_224.png', dpi=120)
+        plt.close(fig)
+
+
+def main():
+    args = parse_args()
+    t = time.perf_counter()
+    rows, device = run(args)
+    write_outputs(rows, device, args)
+    log(f'total time {time.perf_counter() - t:.0f} s')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,342 @@
+"""Train ConvNeur and peer backbones from scratch on the offline real-data sets, with the ablations.
+
+    python tools/prepare_data.py                 # once: data/fashion_mnist and data/nuclei
+    python tools/compare_real.py                 # every task, model, ablation and seed
+    python tools/compare_real.py --tasks cls --runs convneur-m1 resnet18 --seeds 0
+    python tools/compare_real.py --list          # what would run
+
+Each run is the matching demo config (configs/demo/) with only the backbone swapped (and the
+neck's input channels), the same recipe, schedule and budget for every model of a task, and a
+different ``randomness.seed``. Runs go to ``--work-dir/<task>/<run>/seed<k>`` and are started as
+``tools/train.py`` subprocesses, ``--jobs`` at a time with the CPU threads split between them. A
+finished run is not repeated (its metrics are read back), so an interrupted comparison continues
+where it stopped. The table (mean ± half the range over seeds) goes to results.md and every
+single result to results.csv.
+"""
+import argparse
+import csv
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mmengine.config import Config
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TASKS = {
+    'cls': dict(config='configs/demo/convneur-m1_fashion-mnist.py', budget=dict(max_epochs=1),
+                metrics={'top-1': 'accuracy/top1'}),
+    'seg': dict(config='configs/demo/fpn_convneur-m1_nuclei-seg.py', budget=dict(max_iters=60),
+                metrics={'mIoU': 'mIoU'}),
+    'det': dict(config='configs/demo/mask-rcnn_convneur-m1_fpn_nuclei.py',
+                budget=dict(max_iters=150),
+                metrics={'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}),
+}
+
+# Backbones per task scope; (backbone cfg, output channels, extra model overrides).
+CONVNEXTV2_ATTO = dict(arch='atto', use_grn=True, layer_scale_init_value=0., drop_path_rate=0.)
+PVTV2_B0 = dict(embed_dims=32, num_layers=[2, 2, 2, 2], drop_path_rate=0.)
+
+
+def peers(task):
+    scope = dict(cls='', seg='mmpretrain.', det='mmpretrain.')[task]
+    pvt = 'mmdet.' if task != 'det' else ''
+    dense = task != 'cls'
+    out = dict(out_indices=(0, 1, 2, 3)) if dense else {}
+    table = {
+        'resnet18': (dict(type=f'{scope}ResNet', depth=18, **out), [64, 128, 256, 512]),
+        'convnextv2-atto': (dict(type=f'{scope}ConvNeXt', **CONVNEXTV2_ATTO, **out,
+                                 gap_before_final_norm=not dense), [40, 80, 160, 320]),
+        'pvtv2-b0': (dict(type=f'{pvt}PyramidVisionTransformerV2', **PVTV2_B0), [32, 64, 160, 256]),
+    }
+    if task == 'det':
+        # mmdet's own ResNet (BN, trained from scratch here, so not frozen and not in eval mode)
+        table['resnet18'] = (dict(type='ResNet', depth=18, frozen_stages=-1, norm_eval=False,
+                                  init_cfg=None), [64, 128, 256, 512])
+    if task == 'cls':
+        # Patch 8 at 32x32 (16 tokens); patch 16 would leave 4, patch 4 costs 4x more.
+        table['deit-tiny'] = (dict(type='VisionTransformer', arch='deit-tiny', img_size=32,
+                                   patch_size=8, drop_path_rate=0.), [192])
+    if task == 'seg':
+        table['deit-tiny'] = (dict(type='mmpretrain.VisionTransformer', arch='deit-tiny',
+                                   img_size=256, patch_size=16, out_type='featmap',
+                                   out_indices=(2, 5, 8, 11), final_norm=False,
+                                   drop_path_rate=0.), [192] * 4)
+    return table
+
+
+# ConvNeur variants: keyword overrides of the demo's ConvNeur backbone.
+CONVNEUR = {
+    'convneur-m1': dict(),
+    'convneur-m2': dict(arch='m2'),
+    'm1 read_mode=prev': dict(read_mode='prev'),
+    'm1 placement=block': dict(memory_placement='block'),
+    'm1 placement=none': dict(memory_placement='none'),
+    'm1 fusion=add': dict(fusion='add'),
+}
+# With the demo's chunk sizes every stage of these small images fits in one chunk, where 'prev'
+# can only read the initial memory; these two compare the read modes with several chunks.
+SMALL_CHUNK = {'cls': 16, 'seg': 256, 'det': 256}
+CONVNEUR.update({
+    'm1 chunk=small read_mode=final': dict(chunk_size='small'),
+    'm1 chunk=small read_mode=prev': dict(chunk_size='small', read_mode='prev'),
+    # not a paper ablation: the residual branches start at 1e-6 (layer scale), which may slow
+    # such short from-scratch runs; ConvNeXt-V2 has no layer scale
+    'm1 layer_scale=off': dict(layer_scale_init_value=0.),
+})
+MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
+
+
+def run_names(task):
+    names = MAIN + [n for n in CONVNEUR if n not in MAIN]
+    if task != 'cls':
+        # every stage of a 256x256 image fits in one 4096-token chunk: 'prev' then reads only
+        # the initial memory (the classification runs show it); the small-chunk pair stays
+        names.remove('m1 read_mode=prev')
+    if task == 'det':
+        # the paper's ablations run on cls and seg only
+        names = [n for n in names if n in MAIN or n == 'm1 layer_scale=off']
+    return [n for n in names if n in CONVNEUR or n in peers(task)]
+
+
+def rebase_data(cfg, data_root):
+    """Point the demo's loaders and evaluators (written for ./data) at ``data_root``."""
+    def move(path):
+        return osp.join(data_root, path[len('data/'):]) if path.startswith('data/') else path
+
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = cfg[loader].dataset
+        for key in ('data_root', 'classes'):
+            if isinstance(dataset.get(key), str):
+                dataset[key] = move(dataset[key])
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        if isinstance(cfg[evaluator].get('ann_file'), str):
+            cfg[evaluator].ann_file = move(cfg[evaluator].ann_file)
+    cfg.data_root = move(cfg.data_root)
+
+
+def build_config(task, name, seed, work_dir, budget, data_root='data'):
+    cfg = Config.fromfile(osp.join(REPO, TASKS[task]['config']))
+    rebase_data(cfg, data_root)
+    model = cfg.model
+    if name in CONVNEUR:
+        from convneur_mm.presets import arch_channels
+        overrides = dict(CONVNEUR[name])
+        if overrides.get('chunk_size') == 'small':
+            overrides['chunk_size'] = SMALL_CHUNK[task]
+        model.backbone.update(overrides)
+        channels = arch_channels(model.backbone.arch)
+    else:
+        backbone, channels = peers(task)[name]
+        model.backbone = backbone
+    if task == 'cls':
+        model.head.in_channels = channels[-1]
+        pooled = name in CONVNEUR or name in ('convnextv2-atto', 'deit-tiny')
+        model.neck = (None if pooled else dict(type='convneur_mm.PoolMaps') if name == 'pvtv2-b0'
+                      else dict(type='GlobalAveragePooling'))
+    elif name == 'deit-tiny':
+        # a plain ViT has one 1/16 map: mmseg's MultiLevelNeck makes the 1/4..1/32 pyramid
+        model.neck = dict(type='MultiLevelNeck', in_channels=channels,
+                          out_channels=model.neck.out_channels, scales=[4, 2, 1, 0.5])
+    else:
+        model.neck.in_channels = channels
+    # One recipe for every backbone: mmengine's default constructor (our layer-decay constructor
+    # needs get_layer_depth, which the peers lack), no weight decay on norms and biases.
+    cfg.optim_wrapper.constructor = 'DefaultOptimWrapperConstructor'
+    cfg.optim_wrapper.paramwise_cfg = dict(norm_decay_mult=0., bias_decay_mult=0.)
+    if 'max_epochs' in budget:
+        epochs = budget['max_epochs']
+        cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
+        cfg.default_hooks.checkpoint.interval = epochs
+        # the demo's one-epoch warm-up, as 10% of the run, so that one epoch is a valid budget
+        with open(osp.join(REPO, cfg.data_root, 'meta', 'train.txt')) as f:
+            iters = epochs * -(-len(f.readlines()) // cfg.train_dataloader.batch_size)
+    else:
+        iters = budget['max_iters']
+        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = iters
+        cfg.default_hooks.checkpoint.interval = iters
+    warmup = max(1, iters // 10)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup),
+        dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=warmup, end=iters)]
+    cfg.default_hooks.visualization = dict(type=cfg.default_hooks.visualization.type, draw=False) \
+        if task != 'cls' else dict(type='VisualizationHook', enable=False)
+    cfg.randomness = dict(seed=seed)
+    cfg.work_dir = work_dir
+    return cfg
+
+
+def read_metrics(work_dir, task):
+    """The final validation metrics of a finished run, or None."""
+    if not osp.isdir(work_dir):
+        return None
+    keys = TASKS[task]['metrics']
+    for stamp in sorted(os.listdir(work_dir), reverse=True):
+        path = osp.join(work_dir, stamp, 'vis_data', 'scalars.json')
+        if not osp.isfile(path):
+            continue
+        with open(path) as f:
+            for line in reversed(f.read().splitlines()):
+                entry = json.loads(line)
+                if all(k in entry for k in keys.values()):
+                    return {name: entry[k] * (100 if task == 'det' else 1)
+                            for name, k in keys.items()}
+    return None
+
+
+def prepare(task, name, seed, args):
+    """Work dir of a run and its result if it has finished; writes its config otherwise."""
+    work_dir = osp.join(args.work_dir, task, name.replace(' ', '_').replace('=', '-'), f'seed{seed}')
+    done = None
+    if osp.isfile(osp.join(work_dir, 'result.json')):
+        with open(osp.join(work_dir, 'result.json')) as f:
+            done = json.load(f)
+    else:
+        os.makedirs(work_dir, exist_ok=True)
+        build_config(task, name, seed, work_dir, args.budget[task], args.data_root).dump(
+            osp.join(work_dir, 'config.py'))
+    return work_dir, done
+
+
+def train(task, name, seed, work_dir, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t = time.perf_counter()
+    with open(osp.join(work_dir, 'train.log'), 'w') as log:
+        proc = subprocess.run([sys.executable, osp.join(REPO, 'tools/train.py'),
+                               osp.join(work_dir, 'config.py'), '--work-dir', work_dir],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t
+    metrics = read_metrics(work_dir, task)
+    if proc.returncode or metrics is None:
+        raise RuntimeError(f'{task} / {name} / seed {seed} failed (exit {proc.returncode}); '
+                           f'see {osp.join(work_dir, "train.log")}')
+    result = dict(task=task, run=name, seed=seed, seconds=seconds, **metrics)
+    with open(osp.join(work_dir, 'result.json'), 'w') as f:
+        json.dump(result, f)
+    return result
+
+
+def summarize(results, args):
+    lines = [f'Budget: ' + ', '.join(f'{t} {b}' for t, b in args.budget.items() if t in args.tasks)
+             + f'; seeds {args.seeds}; mean ± half the range over seeds.', '']
+    for task in args.tasks:
+        rows = [r for r in results if r['task'] == task]
+        if not rows:
+            continue
+        metrics = list(TASKS[task]['metrics'])
+        lines += [f'### {task}', '', '| run | ' + ' | '.join(metrics) + ' | seeds | s / run |',
+                  '|---' * (len(metrics) + 3) + '|']
+        for name in dict.fromkeys(r['run'] for r in rows):
+            mine = [r for r in rows if r['run'] == name]
+            cells = []
+            for m in metrics:
+                vals = [r[m] for r in mine]
+                cells.append(f'{statistics.mean(vals):.2f} ± {(max(vals) - min(vals)) / 2:.2f}')
+            secs = [r['seconds'] for r in mine if r['seconds']]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {len(mine)} | '
+                         + (f'{statistics.mean(secs):.0f}' if secs else '-') + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
+    parser.add_argument('--runs', nargs='+', metavar='RUN',
+                        help='which runs (default: all of a task); names as in --list')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+    parser.add_argument('--jobs', type=int, default=2, help='runs in parallel')
+    parser.add_argument('--work-dir', default='work_dirs/compare_real')
+    parser.add_argument('--data-root', default='data',
+                        help='where tools/prepare_data.py wrote fashion_mnist/ and nuclei/')
+    parser.add_argument('--budget', nargs='+', default=[], metavar='TASK=N',
+                        help='override a budget, e.g. cls=2 (epochs) seg=100 det=100 (iterations)')
+    parser.add_argument('--list', action='store_true', help='print the runs and exit')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='write every config and build its model, train nothing')
+    args = parser.parse_args()
+    budget = {t: dict(v['budget']) for t, v in TASKS.items()}
+    for item in args.budget:
+        task, _, n = item.partition('=')
+        if task not in TASKS or not n.isdigit() or int(n) < 1:
+            parser.error(f'--budget expects TASK=N with TASK in {list(TASKS)}, got {item!r}')
+        key = next(iter(budget[task]))
+        budget[task][key] = int(n)
+    args.budget = budget
+    for task in args.tasks:
+        folder = osp.join(args.data_root, 'fashion_mnist' if task == 'cls' else 'nuclei')
+        if not osp.isdir(osp.join(REPO, folder)):
+            raise SystemExit(f'{folder} is missing: run `python tools/prepare_data.py '
+                             f'--out {args.data_root}` first')
+    jobs = []
+    for task in args.tasks:
+        names = run_names(task)
+        if args.runs:
+            unknown = [r for r in args.runs if not any(r == n for t in TASKS for n in run_names(t))]
+            if unknown:
+                parser.error(f'unknown runs {unknown}; see --list')
+            names = [n for n in names if n in args.runs]
+        jobs += [(task, n, s) for n in names for s in args.seeds]
+    if args.list:
+        for job in jobs:
+            print(*job, sep=' | ')
+        return
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    print(f'{len(jobs)} runs, {args.jobs} at a time with {threads} thread(s) each; '
+          f'logs under {args.work_dir}', flush=True)
+    results = []
+    pending = []
+    # Configs are built here, one after the other: mmengine's config loading is not thread-safe.
+    for job in jobs:
+        work_dir, done = prepare(*job, args)
+        if done is None:
+            pending.append((job, work_dir))
+        else:
+            results.append(done)
+    print(f'{len(results)} already done, {len(pending)} to train', flush=True)
+    if args.dry_run:
+        from convneur_mm.engine.launch import build_task_model
+        for job, work_dir in pending:
+            model = build_task_model(Config.fromfile(osp.join(work_dir, 'config.py')))
+            print(f'{job[0]} | {job[1]}: {type(model.backbone).__name__}, '
+                  f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters', flush=True)
+        return
+    t0 = time.perf_counter()
+
+    def one(job, work_dir):
+        res = train(*job, work_dir, threads)
+        shown = ', '.join(f'{k} {res[k]:.2f}' for k in TASKS[job[0]]['metrics'])
+        results.append(res)
+        print(f'[{len(results)}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] {job[0]} | '
+              f'{job[1]} | seed {job[2]}: {shown} ({res["seconds"]:.0f} s)', flush=True)
+
+    failures = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for future in [pool.submit(one, *p) for p in pending]:
+            try:
+                future.result()
+            except RuntimeError as e:
+                failures.append(str(e))
+                print(e, flush=True)
+    order = {job: i for i, job in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r['task'], r['run'], r['seed'])])
+    os.makedirs(args.work_dir, exist_ok=True)
+    fields = ['task', 'run', 'seed', 'seconds'] + [m for t in TASKS for m in TASKS[t]['metrics']]
+    with open(osp.join(args.work_dir, 'results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(results)
+    text = summarize(results, args)
+    with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
+        f.write(text + '\n')
+    print('\n' + text)
+    if failures:
+        raise SystemExit(f'{len(failures)} run(s) failed:\n' + '\n'.join(failures))
+
+
+if __name__ == '__main__':
+    main()
