@@ -1,7 +1,7 @@
 """Speed, FLOPs and memory of the ConvNeur backbones against peer backbones, side by side.
 
-    python tools/benchmark.py --quick            # a ~5 minute subset
-    python tools/benchmark.py                    # everything (about 30 minutes on 2 CPU cores)
+    python tools/benchmark.py --quick            # a 2-minute subset: 8 models, 224^2 to 1024^2
+    python tools/benchmark.py                    # everything (about 35 minutes on 2 CPU cores)
     python tools/benchmark.py --models convneur-m1 resnet18 --sizes 224 1024
 
 Every model is built in this process (ConvNeur from this package; the peers from the installed

@@ -89,8 +89,8 @@ class FastWeights(nn.Module):
             hidden = torch.bmm(z, weights[0])
             act = F.gelu(hidden)
             pre = torch.bmm(act, weights[1])
-        # Written out rather than Tensor.var (several times slower on CPU for a short last
-        # dimension), and rstd is kept because the closed-form gradient needs it.
+        # Written out rather than Tensor.var (slow on CPU for a short last dimension), and rstd
+        # is kept because the closed-form gradient needs it.
         centred = pre - pre.mean(-1, keepdim=True)
         rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + 1e-5)
         normed = centred * rstd
@@ -171,7 +171,7 @@ class NeuralMemory(nn.Module):
         self.grad_clip = grad_clip
 
         # Token-wise projections as Linear layers on channels-last tokens: one GEMM each, where
-        # 1x1 convolutions on NCHW maps cost several times more on CPU.
+        # 1x1 convolutions on NCHW maps take a slow oneDNN path on CPU.
         self.reduce = nn.Linear(in_channels, memory_dim)
         self.norm = nn.LayerNorm(memory_dim)
         self.qkv = nn.Linear(memory_dim, 3 * memory_dim)
