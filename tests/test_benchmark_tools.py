@@ -103,3 +103,12 @@ def test_compare_real_summary_is_mean_and_half_range():
     results = [dict(task='cls', run='a', seed=0, seconds=10.0, **{'top-1': 80.0}),
                dict(task='cls', run='a', seed=1, seconds=12.0, **{'top-1': 84.0})]
     assert '| a | 82.00 ± 2.00 | 2 | 11 |' in tool.summarize(results, Args)
+
+
+@pytest.mark.parametrize('tool, option', [('tools/benchmark.py', '--convneur-options'),
+                                          ('tools/analysis/model_complexity.py', '--cfg-options')])
+def test_options_without_a_value_are_named(tool, option):
+    out = subprocess.run([sys.executable, osp.join(REPO, tool), option, 'read_mode'],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert f"argument {option}: expected KEY=VALUE, got 'read_mode'" in out.stderr

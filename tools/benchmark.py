@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 from convneur_mm.analysis import count_flops, count_params
+from convneur_mm.engine.launch import key_value
 from convneur_mm.models import ConvNeur
 
 # name: (family, builder). The peers are the backbones only, with the defaults their dense
@@ -109,7 +111,8 @@ def parse_args():
                              '(global attention at 2048^2) and say so')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: all cores)')
-    parser.add_argument('--convneur-options', nargs='+', default=[], metavar='KEY=VALUE',
+    parser.add_argument('--convneur-options', nargs='+', action=DictAction, type=key_value, default={},
+                        metavar='KEY=VALUE',
                         help='ConvNeur arguments for every ConvNeur model, e.g. read_mode=prev')
     parser.add_argument('--profile', nargs='+', default=[], metavar='NAME', choices=sorted(MODELS),
                         help='also print a torch.profiler table (operators by self CPU time) of '
@@ -125,16 +128,7 @@ def parse_args():
         args.rounds = 3 if args.quick else 5
     if args.rounds < 1 or args.warmup < 0 or args.budget <= 0:
         parser.error('--rounds must be >= 1, --warmup >= 0 and --budget > 0')
-    for item in args.convneur_options:
-        key, sep, value = item.partition('=')
-        if not sep:
-            parser.error(f'--convneur-options expects KEY=VALUE, got {item!r}')
-        for cast in (int, float, str):
-            try:
-                CONVNEUR_OPTIONS[key] = cast(value)
-                break
-            except ValueError:
-                pass
+    CONVNEUR_OPTIONS.update(args.convneur_options)
     return args
 
 
@@ -256,17 +250,17 @@ def run(args):
                   and (MODELS[n][0] != 'convneur-local' or size in LOCAL_SIZES)]
         log(f'\n== {size}: 1x3x{h}x{w}, {len(active)} models')
         results = {}
+        x = torch.randn(1, 3, h, w, device=device)  # one input, shared by every model
+        if device.type == 'cuda':
+            x = x.to(memory_format=torch.channels_last)
         for name in active:
             model = models[name]
-            x = torch.randn(1, 3, h, w)
             # FLOPs on CPU in fp32, before anything is moved or cast.
             t0 = time.perf_counter()
             flops = count_flops(model, (1, 3, h, w))[0]
             model.to(device)
-            x = x.to(device)
             if device.type == 'cuda':
                 model.to(memory_format=torch.channels_last)
-                x = x.to(memory_format=torch.channels_last)
 
             forward = make_forward(model, x, device)
             first = timer(forward)

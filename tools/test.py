@@ -14,7 +14,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from convneur_mm.engine.launch import check_datasets, setup_cpu_distributed
+from convneur_mm.engine.launch import check_datasets, key_value, setup_cpu_distributed
 
 VISUALIZATION_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook',
                        'mmpretrain': 'VisualizationHook'}
@@ -27,7 +27,8 @@ def parse_args():
     parser.add_argument('--work-dir', help='where the metrics and logs go')
     parser.add_argument('--show-dir', help='save images with predictions drawn into this folder '
                                            '(relative to the work dir\'s time-stamped folder)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
+                        metavar='KEY=VALUE')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()

@@ -14,7 +14,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from convneur_mm.engine.launch import (check_datasets, check_pretrained, enable_amp,
+from convneur_mm.engine.launch import (check_datasets, check_pretrained, enable_amp, key_value,
                                        setup_cpu_distributed)
 
 
@@ -26,7 +26,8 @@ def parse_args():
                         help='resume training; without a path, from the latest checkpoint of the '
                              'work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (GPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
+                        metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

@@ -1,4 +1,5 @@
-"""Config checks and launch set-up shared by tools/train.py and tools/test.py."""
+"""Config checks and launch set-up shared by tools/train.py, tools/test.py and the other tools."""
+import argparse
 import importlib
 import os.path as osp
 
@@ -6,6 +7,16 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
+
+def key_value(text):
+    """argparse type for ``--cfg-options``: a KEY=VALUE string, before mmengine's DictAction parses it.
+
+    DictAction alone fails on a missing ``=`` with "not enough values to unpack".
+    """
+    if '=' not in text:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    return text
+
 
 # The offline demo of each task, named in the error a missing dataset raises.
 DEMOS = {

@@ -229,20 +229,17 @@ class NeuralMemory(nn.Module):
         nh, L = self.num_heads, self.chunk_size
         T = -(-N // L)
         pad = T * L - N
+        lr = (self.max_lr / L) * torch.sigmoid(logits[..., :nh])  # per token: (B, N, nh)
+        means = logits[..., nh:]
         if pad:
             # The last chunk is padded and masked (lr = 0, excluded from the chunk means), not dropped.
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            logits = F.pad(logits, (0, 0, 0, pad))
-        valid = torch.ones(B, T * L, 1, device=q.device, dtype=q.dtype)
-        if pad:
-            valid[:, N:] = 0
-
-        # lr per token: (G, T*L, 1)
-        lr = (self.max_lr / L) * torch.sigmoid(logits[..., :nh]) * valid
+            lr, means = F.pad(lr, (0, 0, 0, pad)), F.pad(means, (0, 0, 0, pad))
         lr = lr.permute(0, 2, 1).reshape(G, T * L, 1)
         # eta, alpha per chunk from the mean logit of its valid tokens: (T, G, 1, 1)
-        sums = (logits[..., nh:] * valid).view(B, T, L, 2 * nh).sum(2)
-        means = sums / valid.view(B, T, L).sum(2, keepdim=True)
+        counts = torch.full((T, 1), float(L), device=q.device, dtype=q.dtype)
+        counts[-1] = L - pad
+        means = means.view(B, T, L, 2 * nh).sum(2) / counts
         eta, alpha = torch.sigmoid(means).view(B, T, 2, nh).permute(2, 1, 0, 3).reshape(2, T, G, 1, 1)
         keep = 1 - alpha
 

@@ -15,7 +15,7 @@ from mmengine.config import Config, DictAction
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
-from convneur_mm.engine.launch import build_task_model
+from convneur_mm.engine.launch import build_task_model, key_value
 
 
 def main():
@@ -23,7 +23,8 @@ def main():
     parser.add_argument('config')
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
+                        metavar='KEY=VALUE')
     args = parser.parse_args()
 
     cfg = Config.fromfile(args.config)

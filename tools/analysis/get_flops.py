@@ -13,7 +13,7 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 
 from convneur_mm.analysis import count_flops, count_params
-from convneur_mm.engine.launch import build_task_model
+from convneur_mm.engine.launch import build_task_model, key_value
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'mmpretrain': (224, 224)}
 
@@ -42,7 +42,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'))
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
+                        metavar='KEY=VALUE')
     args = parser.parse_args()
 
     cfg = Config.fromfile(args.config)

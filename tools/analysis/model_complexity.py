@@ -9,17 +9,11 @@ Counts: parameters of the backbone plus a 1000-class linear head; FLOPs by mmeng
 """
 import argparse
 
+from mmengine.config import DictAction
+
 from convneur_mm import NeuralMemory
 from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
-
-
-def parse_value(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+from convneur_mm.engine.launch import key_value
 
 
 def main():
@@ -27,17 +21,13 @@ def main():
     parser.add_argument('--arch', nargs='+', default=sorted(PAPER_COMPLEXITY),
                         help='presets to measure (default: all)')
     parser.add_argument('--shape', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
-    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
+                        default={}, metavar='KEY=VALUE',
                         help='extra ConvNeur arguments, e.g. read_mode=final memory_type=mlp')
     parser.add_argument('--tolerance', type=float, default=0.05,
                         help='relative tolerance against the paper (only at 224x224)')
     args = parser.parse_args()
-    kwargs = {}
-    for item in args.cfg_options:
-        if '=' not in item:
-            parser.error(f'--cfg-options expects KEY=VALUE, got {item!r}')
-        key, value = item.split('=', 1)
-        kwargs[key] = parse_value(value)
+    kwargs = args.cfg_options
 
     at_224 = tuple(args.shape) == (224, 224)
     print(f'input 1x3x{args.shape[0]}x{args.shape[1]}, counter: mmengine FlopAnalyzer '
