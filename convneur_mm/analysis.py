@@ -1,10 +1,11 @@
-"""Parameter and FLOP counting, shared by tools/analysis, the benchmarks and the tests."""
+"""Parameter and FLOP counting and the memory's write strength, shared by tools/analysis, the
+benchmarks, the training hooks and the tests."""
 import math
 
 import torch
 import torch.nn as nn
 
-from .models import ConvNeur
+from .models import ConvNeur, NeuralMemory
 
 # The paper's table (ImageNet-1K, 224x224, with the classification head).
 PAPER_COMPLEXITY = {
@@ -57,3 +58,60 @@ def count_flops(model, shape=(1, 3, 224, 224)):
         analyzer.set_op_handle('aten::scaled_dot_product_attention', _attention_flops)
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return analyzer.total(), analyzer.by_module()
+
+
+@torch.no_grad()
+def memory_stats(model, inputs):
+    """Per-memory diagnostics of one forward pass of ``inputs``.
+
+    For every :class:`NeuralMemory` in ``model`` that the pass reaches (in module order):
+
+    * ``write_strength``: ``||G - G_no-write|| / ||G||``, where G is the global map the memory
+      returns and G_no-write the map recomputed from the same memory input with the write switched
+      off (every token then reads the learned initial memory). Near 0, the memory carries no image
+      context: each token gets a function of its own query only.
+    * ``gate_mean``, ``gate_std``: of sigmoid(G), the gate the blocks multiply their local branch by.
+    * ``step``, ``momentum``, ``decay``: token means of theta (in units of ``max_lr``), eta and alpha.
+
+    Args:
+        model (nn.Module): holds the memories; called as ``model(inputs)``, in its current mode.
+        inputs: what the model is called with, e.g. a (B, 3, H, W) image batch.
+    Returns:
+        dict: memory module name (e.g. ``'stages.0.memory'``) -> dict of floats.
+    """
+    memories = [(n, m) for n, m in model.named_modules() if isinstance(m, NeuralMemory)]
+    captured, handles = {}, []
+    for name, mem in memories:
+        handles.append(mem.register_forward_hook(
+            lambda mod, args, out, n=name: captured.__setitem__(n, (args[0], out))))
+    try:
+        model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for name, mem in memories:
+        if name not in captured:  # a memory the forward pass did not reach
+            continue
+        x, g = captured[name]
+        logits = mem.gates(mem.norm(mem.reduce(x.flatten(2).transpose(1, 2)))).float()
+        mem.write, saved = False, mem.write
+        try:
+            g0 = mem(x)
+        finally:
+            mem.write = saved
+        gate = torch.sigmoid(g.float())
+        step, momentum, decay = torch.sigmoid(logits).chunk(3, dim=-1)
+        stats[name] = dict(
+            write_strength=float((g - g0).float().norm() / g.float().norm().clamp_min(1e-12)),
+            gate_mean=float(gate.mean()), gate_std=float(gate.std()), step=float(step.mean()),
+            momentum=float(momentum.mean()), decay=float(decay.mean()))
+    return stats
+
+
+def write_strength(model, inputs):
+    """``||G - G_no-write|| / ||G||`` of every memory in ``model`` on ``inputs``: name -> float.
+
+    See :func:`memory_stats`, which computes it with the other diagnostics.
+    """
+    return {n: s['write_strength'] for n, s in memory_stats(model, inputs).items()}

@@ -189,8 +189,8 @@ def test_bf16_autocast_forward_is_finite_and_close():
 def test_memory_state_stays_fp32_under_autocast():
     mem = NeuralMemory(16, 32, head_dim=16, chunk_size=8)
     seen = []
-    orig = mem.memory.grad
-    mem.memory.grad = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+    orig = mem.memory.chunk_grads
+    mem.memory.chunk_grads = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         mem(torch.randn(1, 16, 6, 6))
     assert seen and set(seen) == {torch.float32}

@@ -30,13 +30,27 @@ def test_detection_demo_learns(demo_options, tmp_path):
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
     cfg.default_hooks.checkpoint.interval = iters
     cfg.default_hooks.logger.interval = 5
+    [stats_hook] = [h for h in cfg.custom_hooks if h.type == 'convneur_mm.MemoryStatsHook']
+    stats_hook.interval = 10
     cfg.work_dir = str(tmp_path)
     runner = Runner.from_cfg(cfg)
     runner.train()
-    logs = [json.loads(line) for line in
-            next(tmp_path.glob('*/vis_data/scalars.json')).read_text().splitlines()]
+    scalars = next(tmp_path.glob('*/vis_data/scalars.json'))
+    logs = [json.loads(line) for line in scalars.read_text().splitlines()]
     losses = [entry['loss'] for entry in logs if 'loss' in entry]
     assert len(losses) == iters // 5
+    # the memory diagnostics of MemoryStatsHook, every 10 iterations, and their plot
+    memory = [e for e in logs if 'memory/s0/write_strength' in e]
+    assert [e['step'] for e in memory] == [10, 20, 30]
+    for e in memory:
+        for stage in range(4):
+            assert 0 < e[f'memory/s{stage}/write_strength'] < 2
+            assert 0 < e[f'memory/s{stage}/gate_mean'] < 1
+    plot = subprocess.run([sys.executable, str(REPO / 'tools/analysis/plot_memory_stats.py'),
+                           str(tmp_path), '--out', str(tmp_path / 'stats.png')],
+                          capture_output=True, text=True)
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / 'stats.png').stat().st_size > 1000
     assert losses[-1] < 0.85 * losses[0], losses
     metrics = [entry for entry in logs if 'coco/bbox_mAP' in entry]
     assert metrics and 'coco/segm_mAP' in metrics[0]

@@ -16,33 +16,44 @@ def reference_apply(mem, weights, z, gamma, beta):
 
 
 def reference_scan(mem, q, k, v, logits, B):
-    """Chunk loop without padding, inner gradients by torch.autograd.grad(create_graph=True)."""
+    """Chunk loop without padding, inner gradients by torch.autograd.grad(create_graph=True).
+
+    Written from the update rule in its plainest form: chunk t's loss is
+    sum_i max_lr * sigmoid(.) * mean_d (f(k_i) - v_i)^2, its gradient is taken at the state that
+    starts t's group, and momentum and forgetting are applied one chunk at a time.
+    """
     G, N, d = q.shape
     nh, L = mem.num_heads, mem.chunk_size
     gamma = mem.memory.norm_weight.to(q.dtype).repeat(B, 1).unsqueeze(1)
     beta = mem.memory.norm_bias.to(q.dtype).repeat(B, 1).unsqueeze(1)
-    weights = [w.to(q.dtype).repeat(B, 1, 1) for w in mem.memory.initial]
+    weights = [mem.memory.initial_norms[i] * w / w.norm(dim=(-2, -1), keepdim=True)
+               for i, w in enumerate(mem.memory.initial)]
+    weights = [w.to(q.dtype).repeat(B, 1, 1) for w in weights]
     momentum = [torch.zeros_like(w) for w in weights]
     to_g = lambda t: t.permute(0, 2, 1).reshape(G, -1)  # (B, n, nh) -> (G, n)
     reads = []
     starts = list(range(0, N, L))
+    group = mem.chunks_per_group or len(starts)
     for t, s in enumerate(starts):
+        if t % group == 0:
+            at = list(weights)  # the state the gradients of this group are taken at
         sl = slice(s, min(s + L, N))
         if mem.read_mode == 'prev':
             reads.append(reference_apply(mem, weights, q[:, sl], gamma, beta))
             if t == len(starts) - 1:
                 break
-        lr = mem.max_lr / L * torch.sigmoid(to_g(logits[:, sl, :nh]))
-        err = reference_apply(mem, weights, k[:, sl], gamma, beta) - v[:, sl]
-        inner = (lr * err.square().sum(-1)).sum()
-        grads = torch.autograd.grad(inner, weights, create_graph=True)
+        lr = mem.max_lr * torch.sigmoid(to_g(logits[:, sl, :nh]))
+        err = reference_apply(mem, at, k[:, sl], gamma, beta) - v[:, sl]
+        inner = (lr * err.square().mean(-1)).sum()
+        grads = torch.autograd.grad(inner, at, create_graph=True)
         chunk_mean = logits[:, sl, nh:].mean(1)  # (B, 2 nh)
         eta = torch.sigmoid(chunk_mean[:, :nh]).reshape(G, 1, 1)
         alpha = torch.sigmoid(chunk_mean[:, nh:]).reshape(G, 1, 1)
         for i, g in enumerate(grads):
-            norm = torch.sqrt(g.square().sum((-2, -1), keepdim=True) + 1e-12)
-            clipped = g * mem.grad_clip * torch.tanh(norm / mem.grad_clip) / norm
-            momentum[i] = eta * momentum[i] - clipped
+            if mem.grad_clip is not None:
+                norm = torch.sqrt(g.square().sum((-2, -1), keepdim=True) + 1e-12)
+                g = g * mem.grad_clip * torch.tanh(norm / mem.grad_clip) / norm
+            momentum[i] = eta * momentum[i] - g
             weights[i] = (1 - alpha) * weights[i] + momentum[i]
     if mem.read_mode == 'prev':
         return torch.cat(reads, 1)
@@ -52,11 +63,15 @@ def reference_scan(mem, q, k, v, logits, B):
 @pytest.mark.parametrize('memory_type', ['linear', 'mlp'])
 @pytest.mark.parametrize('read_mode', ['prev', 'final'])
 @pytest.mark.parametrize('N', [23, 24])  # a padded last chunk, and an exact multiple
-def test_closed_form_matches_autograd_reference(memory_type, read_mode, N):
+@pytest.mark.parametrize('chunks_per_group,grad_clip', [(1, None), (2, None), (None, None),
+                                                        (1, 0.5), (2, 0.5)])
+def test_closed_form_matches_autograd_reference(memory_type, read_mode, N, chunks_per_group,
+                                                grad_clip):
     torch.manual_seed(0)
     B, C, d, nh, L = 2, 16, 8, 2, 6
     mem = NeuralMemory(C, nh * d, head_dim=d, chunk_size=L, max_lr=3.0, read_mode=read_mode,
-                       memory_type=memory_type, grad_clip=0.5).double()
+                       memory_type=memory_type, chunks_per_group=chunks_per_group,
+                       grad_clip=grad_clip).double()
     with torch.no_grad():  # move the gates and memory away from their symmetric start
         mem.gates.weight.normal_(0, 0.5)
         for w in mem.memory.initial:
@@ -115,3 +130,44 @@ def test_input_shorter_than_a_chunk_is_written_not_dropped():
                            mem.memory.ln_params(1, torch.float64))
     assert torch.isfinite(y).all()
     assert (y - y_initial).abs().max() > 1e-4
+
+
+def test_momentum_forgetting_closed_form_over_many_runs():
+    """The run-by-run closed form against the plain recurrence, past several runs of chunks and
+    with gates near 0 and 1 (where products of many factors underflow)."""
+    from convneur_mm.models.neural_memory import _RUN, momentum_forgetting
+    torch.manual_seed(0)
+    G, P = 3, 2 * _RUN + 5
+    u = torch.randn(G, P, 4, 5, dtype=torch.float64)
+    logit_eta = torch.randn(G, P, dtype=torch.float64) * 4
+    logit_keep = torch.randn(G, P, dtype=torch.float64) * 4
+    logit_eta[0] = -40  # eta ~ 4e-18: a chain of products would underflow to 0 / 0
+    W0, S0 = torch.randn(G, 4, 5, dtype=torch.float64), torch.randn(G, 4, 5, dtype=torch.float64)
+    states, S = momentum_forgetting(u, F.logsigmoid(logit_eta), F.logsigmoid(logit_keep), W0, S0)
+    W, S_ref, expected = W0, S0, []
+    for t in range(P):
+        S_ref = torch.sigmoid(logit_eta[:, t]).view(G, 1, 1) * S_ref + u[:, t]
+        W = torch.sigmoid(logit_keep[:, t]).view(G, 1, 1) * W + S_ref
+        expected.append(W)
+    torch.testing.assert_close(states, torch.stack(expected, 1), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(S, S_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('read_mode', ['prev', 'final'])
+def test_single_chunk_is_the_same_under_every_grouping(read_mode):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 7)
+    outs = []
+    for group in (1, 3, None):
+        torch.manual_seed(1)
+        mem = NeuralMemory(16, 16, head_dim=8, chunk_size=64, read_mode=read_mode,
+                           chunks_per_group=group)
+        outs.append(mem(x))
+    for y in outs[1:]:
+        torch.testing.assert_close(y, outs[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('bad', [0, -1, 1.5, '2', True])
+def test_bad_chunks_per_group_is_refused(bad):
+    with pytest.raises(ValueError, match='chunks_per_group must be an int >= 1'):
+        NeuralMemory(16, 16, head_dim=8, chunks_per_group=bad)

@@ -164,15 +164,22 @@ def read_idx(blob):
     return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
-def prepare_fashion_mnist(out, cache, per_class):
+def load_fashion_mnist(cache):
+    """The 60k training and 10k test images and labels: {'train': (images, labels), 't10k': ...}."""
     files = deb_files(fetch_fashion_deb(cache), {
         'train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
         't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'})
+    return {split: (read_idx(files[f'{split}-images-idx3-ubyte.gz']),
+                    read_idx(files[f'{split}-labels-idx1-ubyte.gz']))
+            for split in ('train', 't10k')}
+
+
+def prepare_fashion_mnist(out, cache, per_class):
+    arrays = load_fashion_mnist(cache)
     (out / 'meta').mkdir(parents=True)
     (out / 'meta' / 'classes.txt').write_text('\n'.join(FASHION_CLASSES) + '\n')
     for split, source in (('train', 'train'), ('val', 't10k')):
-        images = read_idx(files[f'{source}-images-idx3-ubyte.gz'])
-        labels = read_idx(files[f'{source}-labels-idx1-ubyte.gz'])
+        images, labels = arrays[source]
         lines = []
         for label in range(len(FASHION_CLASSES)):
             folder = out / split / f'{label}'

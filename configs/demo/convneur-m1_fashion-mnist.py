@@ -65,4 +65,5 @@ default_hooks = dict(
 randomness = dict(seed=0)
 
 # Random generator states go into checkpoints, so a resumed run continues exactly.
-custom_hooks = [dict(type='convneur_mm.RNGStateHook')]
+custom_hooks = [dict(type='convneur_mm.RNGStateHook'),
+                dict(type='convneur_mm.MemoryStatsHook', interval=50)]

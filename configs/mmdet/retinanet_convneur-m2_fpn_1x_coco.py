@@ -22,4 +22,5 @@ param_scheduler = [
 ]
 
 # Random generator states go into checkpoints, so a resumed run continues exactly.
-custom_hooks = [dict(type='convneur_mm.RNGStateHook')]
+custom_hooks = [dict(type='convneur_mm.RNGStateHook'),
+                dict(type='convneur_mm.MemoryStatsHook', interval=500)]

@@ -20,4 +20,5 @@ optim_wrapper = dict(
     paramwise_cfg=dict(_delete_=True, layer_decay_rate=1.0, flat_decay_mult=0.0))
 
 # Random generator states go into checkpoints, so a resumed run continues exactly.
-custom_hooks = [dict(type='convneur_mm.RNGStateHook')]
+custom_hooks = [dict(type='convneur_mm.RNGStateHook'),
+                dict(type='convneur_mm.MemoryStatsHook', interval=500)]

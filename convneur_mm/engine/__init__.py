@@ -1,5 +1,6 @@
-from .hooks import RNGStateHook
+from .hooks import MemoryStatsHook, RNGStateHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
 from .wrappers import CPUDistributedDataParallel
 
-__all__ = ['CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'RNGStateHook']
+__all__ = ['CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'MemoryStatsHook',
+           'RNGStateHook']

@@ -8,6 +8,54 @@ from ..registry import HOOKS
 
 
 @HOOKS.register_module()
+class MemoryStatsHook(Hook):
+    """Log the neural memories' diagnostics every ``interval`` training iterations.
+
+    On the first ``num_images`` images of the current batch, in eval mode and without gradients,
+    :func:`convneur_mm.analysis.memory_stats` gives per memory its write strength, the mean and
+    spread of its gate sigmoid(G) and its mean step, momentum and decay. They go to the
+    visualizer's backends (``vis_data/scalars.json``, TensorBoard, ...) as
+    ``memory/<stage>/<stat>`` scalars at the current iteration, and the write strengths to the log.
+    ``tools/analysis/plot_memory_stats.py WORK_DIR`` plots them.
+
+    Args:
+        interval (int): iterations between two measurements. Default: 50.
+        num_images (int): images of the batch used. Default: 2.
+    """
+
+    def __init__(self, interval=50, num_images=2):
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f'interval must be a positive int, got {interval!r}')
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f'num_images must be a positive int, got {num_images!r}')
+        self.interval = interval
+        self.num_images = num_images
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if data_batch is None or not self.every_n_train_iters(runner, self.interval):
+            return
+        from ..analysis import memory_stats
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        backbone = getattr(model, 'backbone', model)
+        inputs = model.data_preprocessor(data_batch, False)['inputs']
+        if isinstance(inputs, (list, tuple)):
+            inputs = torch.stack(list(inputs[:self.num_images]))
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            stats = memory_stats(backbone, inputs[:self.num_images])
+        finally:
+            backbone.train(was_training)
+        scalars = {}
+        for name, values in stats.items():
+            short = name.replace('stages.', 's').replace('.blocks.', '.b').replace('.memory', '')
+            scalars.update({f'memory/{short}/{k}': v for k, v in values.items()})
+        runner.visualizer.add_scalars(scalars, step=runner.iter + 1)
+        runner.logger.info('memory write strength: ' + ', '.join(
+            f'{k.split("/")[1]} {v:.1%}' for k, v in scalars.items() if k.endswith('write_strength')))
+
+
+@HOOKS.register_module()
 class RNGStateHook(Hook):
     """Save the random generators' states in each checkpoint and restore them when resuming.
 

@@ -196,6 +196,11 @@ class ConvNeur(BaseModule):
         fusion (str): ``'gate'`` (default, the paper's x + gamma * sigmoid(G) * local(x)) or
             ``'add'`` (x + gamma * (local(x) + G), the additive ablation).
         memory_type (str): ``'linear'`` or ``'mlp'`` fast weights.
+        chunks_per_group (int | None): chunks whose inner gradients are taken at the memory state
+            that starts their group (Titans' mini-batch gradient descent). 1 (default): fully
+            sequential; None: one group per stage, titans_pytorch's default.
+        grad_clip (float | None): soft norm clip of every chunk's inner gradient; None (default,
+            as in titans_pytorch): no clip.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -229,7 +234,7 @@ class ConvNeur(BaseModule):
                  norm_eval=False, with_cp=False, drop_path_rate=0.0, layer_scale_init_value=1e-6,
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
-                 gap_before_final_norm=False, init_cfg=None):
+                 chunks_per_group=1, grad_clip=None, gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
         widths, depths = self.arch['widths'], self.arch['depths']
@@ -252,7 +257,8 @@ class ConvNeur(BaseModule):
             memory_dim=self.arch['memory_dim'], head_dim=self.arch['head_dim'],
             chunk_size=self.arch['chunk_size'] if chunk_size is None else chunk_size,
             max_lr=self.arch['max_lr'] if max_lr is None else max_lr,
-            read_mode=read_mode, memory_type=memory_type)
+            read_mode=read_mode, memory_type=memory_type, chunks_per_group=chunks_per_group,
+            grad_clip=grad_clip)
 
         self.stem = Stem(in_channels, widths[0])
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()

@@ -1,20 +1,30 @@
 """The global branch of ConvNeur: a per-image neural memory written chunk by chunk (Titans-style).
 
 Notation used in the shapes below: B images, C input channels, H x W positions, N = H * W tokens,
-``nh`` heads of size ``d`` (C_m = nh * d), G = B * nh independent memories, L the chunk length and
-T = ceil(N / L) chunks.
+``nh`` heads of size ``d`` (C_m = nh * d), G = B * nh independent memories, L the chunk length,
+T = ceil(N / L) chunks and P the chunks of a group.
 
 Inner loop, per memory g and chunk t (all in fp32, whatever the autocast state)::
 
-    loss_t(W) = sum_i theta_i * || f_W(k_i) - v_i ||^2          (i over the tokens of chunk t)
-    S_t = eta_t * S_{t-1} - clip(grad_W loss_t(W_{t-1}))
+    loss_t(W) = sum_i theta_i * mean_d (f_W(k_i) - v_i)^2     (i over the tokens of chunk t,
+                                                               theta_i = max_lr * sigmoid(.))
+    S_t = eta_t * S_{t-1} - grad_W loss_t(W_ref(t))
     W_t = (1 - alpha_t) * W_{t-1} + S_t
 
 with the linear memory ``f_W(z) = z + LN(z W)`` or the MLP memory ``f_W(z) = z + LN(gelu(z W1) W2)``.
+This is the step of ``titans_pytorch.NeuralMemory``: a per-token loss averaged over the head
+dimension and summed over the chunk, so ``max_lr`` and ``chunk_size`` mean what they mean there.
+
+W_ref(t) is the state that starts t's group (Titans' mini-batch gradient descent): chunks are
+taken ``chunks_per_group`` at a time, every chunk of a group takes its gradient at the group's start
+state, and within a group momentum and forgetting are linear recurrences computed in closed form.
+One chunk per group is the fully sequential form, one group per stage the fully parallel one.
+
 The inner gradients are written out in closed form (no ``autograd.grad`` in forward), so the whole
 loop is an ordinary differentiable graph: it works with checkpointing, tracing, ONNX and compile,
 and the outer optimiser trains the projections, the gates and the learned initial weights through it.
 """
+import contextlib
 import math
 
 import torch
@@ -23,6 +33,9 @@ import torch.nn.functional as F
 
 READ_MODES = ('prev', 'final')
 MEMORY_TYPES = ('linear', 'mlp')
+# Longest run of chunks whose momentum/forgetting recurrence is solved as one dense matrix: the
+# closed form costs O(P^2) per run, so longer groups are solved run by run to stay linear in N.
+_RUN = 32
 
 
 def _logit(p):
@@ -30,7 +43,7 @@ def _logit(p):
 
 
 def soft_clip(g, max_norm, eps=1e-12):
-    """Scale each matrix of ``g`` (G, a, b) to norm ``max_norm * tanh(norm / max_norm)``.
+    """Scale each matrix of ``g`` (..., a, b) to norm ``max_norm * tanh(norm / max_norm)``.
 
     Smooth (unlike a hard clip) and an identity for small gradients; the ``eps`` inside the square
     root keeps the backward finite when a gradient is exactly zero (a fully masked chunk).
@@ -49,6 +62,14 @@ class FastWeights(nn.Module):
         mlp_ratio (int): r, hidden expansion of the MLP memory.
 
     The fast weights of G = B * nh memories are a list of tensors of shape (G, fan_in, fan_out).
+
+    The learned initial memory has a fixed Frobenius norm per head, that of TTT's N(0, 0.02^2)
+    initialisation: only its direction is learned. The read goes through a LayerNorm, which makes
+    the linear memory blind to the scale of W, while the closed-form step shrinks as 1 / ||W||
+    (relative to W, as 1 / ||W||^2): with a free norm, training can grow the initial memory until
+    every write is negligible (measured: after the detection demo's training the global map
+    changed by 0.002-2.3% with the write switched off). Fixing the norm removes that degenerate
+    direction and nothing the linear read can express.
     """
 
     def __init__(self, num_heads, head_dim, memory_type='linear', mlp_ratio=2):
@@ -61,15 +82,20 @@ class FastWeights(nn.Module):
             shapes = [(head_dim, head_dim)]
         else:
             shapes = [(head_dim, mlp_ratio * head_dim), (mlp_ratio * head_dim, head_dim)]
-        # Learned initial memory, shared by all images and reset for every image.
-        self.initial = nn.ParameterList(
-            nn.Parameter(torch.randn(num_heads, *s) * 0.02) for s in shapes)
+        # Direction of the learned initial memory, shared by all images and reset for every image.
+        self.initial = nn.ParameterList(nn.Parameter(torch.randn(num_heads, *s)) for s in shapes)
+        self.initial_norms = [0.02 * math.sqrt(a * b) for a, b in shapes]
         self.norm_weight = nn.Parameter(torch.ones(num_heads, head_dim))
         self.norm_bias = nn.Parameter(torch.zeros(num_heads, head_dim))
 
     def initial_state(self, batch_size, dtype):
         """Fast weights of a fresh memory per image: list of (B * nh, fan_in, fan_out) tensors."""
-        return [w.to(dtype).repeat(batch_size, 1, 1) for w in self.initial]
+        out = []
+        for w, norm in zip(self.initial, self.initial_norms):
+            w = w.to(dtype)
+            w = w * (norm * torch.rsqrt(w.square().sum((-2, -1), keepdim=True) + 1e-12))
+            out.append(w.repeat(batch_size, 1, 1))
+        return out
 
     def ln_params(self, batch_size, dtype):
         """LayerNorm weight and bias of every memory: two (B * nh, 1, d) tensors."""
@@ -78,9 +104,10 @@ class FastWeights(nn.Module):
                 self.norm_bias.to(dtype).repeat(batch_size, 1).unsqueeze(1))
 
     def normalized(self, weights, z):
-        """LN(z W) (or LN(gelu(z W1) W2)) without the affine part, for z (G, n, d).
+        """LN(z W) (or LN(gelu(z W1) W2)) without the affine part, for z (G', n, d).
 
-        Returns the normalised (G, n, d) map and a cache for :meth:`grad`.
+        ``weights`` are (G', fan_in, fan_out). Returns the normalised (G', n, d) map and a cache
+        for :meth:`grad`.
         """
         if self.memory_type == 'linear':
             hidden = act = None
@@ -101,35 +128,90 @@ class FastWeights(nn.Module):
         normed = self.normalized(weights, z)[0]
         return torch.addcmul(z + ln[1], normed, ln[0])
 
-    def grad(self, weights, cache, d_normed, lr, lr_z=None):
-        """Closed-form gradient of the inner loss with respect to each weight.
+    def chunk_grads(self, weights, cache, d_normed, lr, num_chunks):
+        """Closed-form gradient of every chunk's inner loss, all taken at ``weights``.
 
         Args:
-            cache: from :meth:`normalized`, for the written tokens z.
-            d_normed: (G, n, d) gradient of the loss with respect to the normalised map, without
-                the per-token step size.
-            lr: (G, n, 1) per-token step size.
-            lr_z: ``lr * z`` when the caller has it already (computed for all chunks at once).
+            weights: list of (G, fan_in, fan_out) weights the gradients are taken at.
+            cache: from :meth:`normalized`, for the written tokens z (G, P * L, d).
+            d_normed: (G, P * L, d) gradient of the loss with respect to the normalised map,
+                without the per-token step size.
+            lr: (G, P * L, 1) per-token step size.
+            num_chunks: P; the tokens are P consecutive chunks of equal length.
         Returns:
-            list of (G, fan_in, fan_out) gradients, in the order of ``weights``.
+            list of (G, P, fan_in, fan_out) gradients, in the order of ``weights``.
         """
         z, hidden, act, normed, rstd = cache
-        lr_z = lr * z if lr_z is None else lr_z
+        G, n, _ = z.shape
         g = d_normed
         # Back through the normalisation (the standard LayerNorm backward). Everything after
         # this point is linear per token, so the step size is applied to the (smaller) inputs
         # of the final products instead of to the gradient.
         d_pre = rstd * (g - g.mean(-1, keepdim=True)
                         - normed * (g * normed).mean(-1, keepdim=True))
+
+        def per_chunk(left, right):  # sum over each chunk's tokens of left^T right
+            a, b = left.shape[-1], right.shape[-1]
+            out = torch.bmm(left.reshape(G * num_chunks, -1, a).transpose(1, 2),
+                            right.reshape(G * num_chunks, -1, b))
+            return out.view(G, num_chunks, a, b)
+
         if self.memory_type == 'linear':
-            return [torch.bmm(lr_z.transpose(1, 2), d_pre)]
+            return [per_chunk(lr * z, d_pre)]
         d_act = torch.bmm(d_pre, weights[1].transpose(1, 2))
         # derivative of the exact (erf) GELU: Phi(x) + x * phi(x)
         cdf = 0.5 * (1 + torch.erf(hidden * (1 / math.sqrt(2))))
         pdf = torch.exp(-0.5 * hidden.square()) * (1 / math.sqrt(2 * math.pi))
         d_hidden = d_act * (cdf + hidden * pdf)
-        return [torch.bmm(lr_z.transpose(1, 2), d_hidden),
-                torch.bmm((lr * act).transpose(1, 2), d_pre)]
+        return [per_chunk(lr * z, d_hidden), per_chunk(lr * act, d_pre)]
+
+
+def _segment_weights(log_a):
+    """exp(sum_{j < i <= t} log_a_i) for j <= t, else 0: (..., P) -> (..., P, P) indexed [t, j]."""
+    cs = torch.cumsum(log_a, -1)
+    seg = cs.unsqueeze(-1) - cs.unsqueeze(-2)
+    P = log_a.shape[-1]
+    causal = torch.ones(P, P, dtype=torch.bool, device=log_a.device).tril()
+    return torch.exp(seg.masked_fill(~causal, float('-inf')))
+
+
+def momentum_forgetting(updates, log_eta, log_keep, weight, momentum):
+    """Solve S_t = eta_t S_{t-1} + u_t, W_t = keep_t W_{t-1} + S_t for t = 1..P in closed form.
+
+    Args:
+        updates: (G, P, a, b) the u_t (negated, possibly clipped, gradients).
+        log_eta, log_keep: (G, P) logs of the momentum and of 1 - forgetting.
+        weight, momentum: (G, a, b) W_0 and S_0.
+    Returns:
+        (states, momentum): states (G, P, a, b) holds W_1..W_P; momentum is S_P (G, a, b).
+
+    With E(j, t) = prod_{j<i<=t} eta_i and K(m, t) = prod_{m<i<=t} keep_i:
+    S_t = E(0, t) S_0 + sum_j E(j, t) u_j and W_t = K(0, t) W_0 + sum_m K(m, t) S_m, so every state
+    is a weighted sum of W_0, S_0 and the updates. Runs of at most ``_RUN`` chunks are solved as one
+    matrix product each (cost O(P * _RUN) instead of O(P^2)); the weights come from segment sums of
+    logs, which stay finite however small eta or keep get.
+    """
+    G, P = log_eta.shape
+    if P == 1:  # the sequential form: one update, no matrices
+        momentum = torch.addcmul(updates[:, 0], log_eta.exp().view(G, 1, 1), momentum)
+        weight = torch.addcmul(momentum, log_keep.exp().view(G, 1, 1), weight)
+        return weight.unsqueeze(1), momentum
+    states = []
+    for s in range(0, P, _RUN):
+        u = updates[:, s:s + _RUN]
+        le = F.pad(log_eta[:, s:s + _RUN], (1, 0))  # index 0 stands for the run's start state
+        lk = F.pad(log_keep[:, s:s + _RUN], (1, 0))
+        E, K = _segment_weights(le), _segment_weights(lk)  # (G, p+1, p+1)
+        # weight of S_0 and of each u_j in W_t: sum_m K(m, t) E(j, m), m = 1..t
+        coef = torch.bmm(K[:, 1:, 1:], E[:, 1:, :])  # (G, p, p+1): [t, j], j = 0 is S_0
+        flat = u.flatten(2)
+        W = (torch.bmm(coef[:, :, 1:], flat) + coef[:, :, :1] * momentum.flatten(1).unsqueeze(1)
+             + K[:, 1:, :1] * weight.flatten(1).unsqueeze(1))
+        S_end = torch.bmm(E[:, -1:, 1:], flat).squeeze(1) + E[:, -1, :1] * momentum.flatten(1)
+        W = W.view_as(u)
+        states.append(W)
+        weight, momentum = W[:, -1], S_end.view_as(momentum)
+    return torch.cat(states, 1) if len(states) > 1 else states[0], momentum
 
 
 class NeuralMemory(nn.Module):
@@ -140,20 +222,26 @@ class NeuralMemory(nn.Module):
         memory_dim (int): C_m, width of the tokens written into the memory (C_m < C).
         head_dim (int): d; C_m must be a multiple of it.
         chunk_size (int): L, tokens written per memory update.
-        max_lr (float): upper bound of the per-token inner step size (1 for classification,
-            1e-3 for detection in the paper).
+        max_lr (float): upper bound of the per-token inner step size theta (1 for
+            classification, 1e-3 for detection in the paper). Each chunk's step is the sum of
+            its tokens' theta-weighted gradients, as in titans_pytorch.
         read_mode (str): ``'prev'``: each chunk reads the memory as it was before its own write
             (the paper's formula); ``'final'``: every chunk is written, then every token reads the
             final memory.
         memory_type (str): ``'linear'`` or ``'mlp'``, see :class:`FastWeights`.
-        grad_clip (float): m of the soft norm clip applied to every chunk's gradient.
+        chunks_per_group (int | None): chunks whose gradients are taken at the same state (the
+            one that starts their group). 1: fully sequential; None: one group for the whole
+            input (titans_pytorch's default ``batch_size=None``).
+        grad_clip (float | None): if set, m of a soft norm clip applied to every chunk's
+            gradient. None (default, as in titans_pytorch): no clip.
 
     Shape:
         x: (B, C, H, W) -> G: (B, C, H, W), the logits of the gate A = sigmoid(G).
     """
 
     def __init__(self, in_channels, memory_dim, head_dim=32, chunk_size=196, max_lr=1.0,
-                 read_mode='final', memory_type='linear', mlp_ratio=2, grad_clip=1.0):
+                 read_mode='final', memory_type='linear', mlp_ratio=2, chunks_per_group=1,
+                 grad_clip=None):
         super().__init__()
         if memory_dim % head_dim:
             raise ValueError(f'memory_dim={memory_dim} must be a multiple of head_dim={head_dim}')
@@ -163,12 +251,24 @@ class NeuralMemory(nn.Module):
             raise ValueError(f'max_lr must be > 0, got {max_lr!r}')
         if read_mode not in READ_MODES:
             raise ValueError(f'read_mode={read_mode!r} is not supported; expected one of {READ_MODES}')
+        if chunks_per_group is not None and (
+                isinstance(chunks_per_group, bool) or not isinstance(chunks_per_group, int)
+                or chunks_per_group < 1):
+            raise ValueError(f'chunks_per_group must be an int >= 1 (1: sequential) or None (one '
+                             f'group per input), got {chunks_per_group!r}')
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f'grad_clip must be None (no clip) or > 0, got {grad_clip!r}')
         self.num_heads = memory_dim // head_dim
         self.head_dim = head_dim
         self.chunk_size = chunk_size
         self.max_lr = float(max_lr)
         self.read_mode = read_mode
+        self.chunks_per_group = chunks_per_group
         self.grad_clip = grad_clip
+        # Switched off by :func:`writes_disabled` to measure what the write contributes.
+        self.write = True
+        # Set to a list to collect every chunk's inner loss ("surprise"), a (G, P) tensor per group.
+        self.surprise = None
 
         # Token-wise projections as Linear layers on channels-last tokens: one GEMM each, where
         # 1x1 convolutions on NCHW maps take a slow oneDNN path on CPU.
@@ -176,7 +276,7 @@ class NeuralMemory(nn.Module):
         self.norm = nn.LayerNorm(memory_dim)
         self.qkv = nn.Linear(memory_dim, 3 * memory_dim)
         # Step size (per token), momentum and decay (per chunk), one of each per head. Zero weights:
-        # the gates start data-independent at lr = max_lr / (2L), eta ~ 0.9, alpha ~ 0.02.
+        # the gates start data-independent at theta = max_lr / 2, eta ~ 0.9, alpha ~ 0.02.
         self.gates = nn.Linear(memory_dim, 3 * self.num_heads)
         self.memory = FastWeights(self.num_heads, head_dim, memory_type, mlp_ratio)
         self.out_norm_weight = nn.Parameter(torch.ones(self.num_heads, head_dim))
@@ -194,7 +294,8 @@ class NeuralMemory(nn.Module):
     def extra_repr(self):
         return (f'heads={self.num_heads}, head_dim={self.head_dim}, chunk_size={self.chunk_size}, '
                 f'max_lr={self.max_lr}, read_mode={self.read_mode!r}, '
-                f'memory_type={self.memory.memory_type!r}')
+                f'memory_type={self.memory.memory_type!r}, '
+                f'chunks_per_group={self.chunks_per_group}, grad_clip={self.grad_clip}')
 
     def forward(self, x):
         B, _, H, W = x.shape
@@ -219,63 +320,91 @@ class NeuralMemory(nn.Module):
         return y.transpose(1, 2).view(B, -1, H, W)
 
     def _scan(self, q, k, v, logits, B):
-        """Sequential chunk loop. q, k, v: (G, N, d); logits: (B, N, 3 * nh). Returns (G, N, d).
+        """Write the chunks group by group, then read. q, k, v: (G, N, d); logits: (B, N, 3 * nh).
 
-        The loop runs once per chunk and is bound by the number of small operations, not by
-        arithmetic, so everything that does not depend on the fast weights is computed for all
-        chunks before it.
+        Returns (G, N, d). Everything that does not depend on the fast weights is computed for all
+        chunks before the loop over groups.
         """
         G, N, d = q.shape
         nh, L = self.num_heads, self.chunk_size
         T = -(-N // L)
         pad = T * L - N
-        lr = (self.max_lr / L) * torch.sigmoid(logits[..., :nh])  # per token: (B, N, nh)
+        weights = self.memory.initial_state(B, q.dtype)
+        gamma, beta = self.memory.ln_params(B, q.dtype)
+        # 'prev' never reads the last chunk's write, so it is not computed.
+        writes = (T if self.read_mode == 'final' else T - 1) if self.write else 0
+        if writes == 0:
+            return self.memory(weights, q, (gamma, beta))
+
+        # per-token step: theta / d, the 1 / d being the mean over the head dimension
+        lr = (self.max_lr / d) * torch.sigmoid(logits[..., :nh])  # (B, N, nh)
         means = logits[..., nh:]
         if pad:
             # The last chunk is padded and masked (lr = 0, excluded from the chunk means), not dropped.
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             lr, means = F.pad(lr, (0, 0, 0, pad)), F.pad(means, (0, 0, 0, pad))
         lr = lr.permute(0, 2, 1).reshape(G, T * L, 1)
-        # eta, alpha per chunk from the mean logit of its valid tokens: (T, G, 1, 1)
+        # eta, alpha per chunk from the mean logit of its valid tokens, kept as logs: (G, T)
         counts = torch.full((T, 1), float(L), device=q.device, dtype=q.dtype)
         counts[-1] = L - pad
-        means = means.view(B, T, L, 2 * nh).sum(2) / counts
-        eta, alpha = torch.sigmoid(means).view(B, T, 2, nh).permute(2, 1, 0, 3).reshape(2, T, G, 1, 1)
-        keep = 1 - alpha
+        means = (means.view(B, T, L, 2 * nh).sum(2) / counts).view(B, T, 2, nh)
+        log_eta = F.logsigmoid(means[:, :, 0]).permute(0, 2, 1).reshape(G, T)
+        log_keep = F.logsigmoid(-means[:, :, 1]).permute(0, 2, 1).reshape(G, T)
 
-        gamma, beta = self.memory.ln_params(B, q.dtype)
         # The inner loss sum_i lr_i ||k_i + gamma * normed_i + beta - v_i||^2 has the gradient
         # lr * (c0 + c1 * normed) with respect to the normalised map, with c0 = 2 gamma (k + beta
         # - v) and c1 = 2 gamma^2 known before the loop. Both are negated so that the loop
-        # accumulates -grad directly (soft_clip is odd).
+        # accumulates -grad directly.
         c1 = -2 * gamma.square()
-        c0 = torch.addcmul(-2 * gamma * beta, k - v, -2 * gamma).split(L, 1)
-        lr_chunks = lr.split(L, 1)
-        lr_k = (lr * k).split(L, 1)
-        q_chunks, k_chunks = q.split(L, 1), k.split(L, 1)
-        eta, keep = eta.unbind(0), keep.unbind(0)
+        c0 = torch.addcmul(-2 * gamma * beta, k - v, -2 * gamma)
 
-        weights = self.memory.initial_state(B, q.dtype)
-        momentum = [torch.zeros_like(w) for w in weights]
+        P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
+        momentum = [w.new_zeros(w.shape) for w in weights]
         reads = []
-        for t in range(T):
+        for start in range(0, writes, P):
+            p = min(P, writes - start)
+            span = slice(start * L, (start + p) * L)
+            normed, cache = self.memory.normalized(weights, k[:, span])
+            updates = self.memory.chunk_grads(weights, cache, torch.addcmul(c0[:, span], c1, normed),
+                                              lr[:, span], p)
+            if self.surprise is not None:
+                err = torch.addcmul(k[:, span] - v[:, span] + beta, normed, gamma)
+                self.surprise.append((lr[:, span] * err.square()).view(G, p, -1).sum(-1).detach())
+            states = []
+            for i, u in enumerate(updates):
+                if self.grad_clip is not None:
+                    u = soft_clip(u, self.grad_clip)
+                s, momentum[i] = momentum_forgetting(u, log_eta[:, start:start + p],
+                                                     log_keep[:, start:start + p], weights[i],
+                                                     momentum[i])
+                states.append(s)
             if self.read_mode == 'prev':
-                # Read and the forward pass of the write share W_{t-1}: one batched pass.
-                normed, cache = self.memory.normalized(weights, torch.cat([q_chunks[t], k_chunks[t]], 1))
-                reads.append(normed[:, :L])
-                if t == T - 1:
-                    break  # in 'prev' mode the last write is never read
-                cache = (k_chunks[t],) + tuple(None if c is None else c[:, L:] for c in cache[1:])
-                normed = normed[:, L:]
-            else:
-                normed, cache = self.memory.normalized(weights, k_chunks[t])
-            neg_grads = self.memory.grad(weights, cache, torch.addcmul(c0[t], c1, normed),
-                                         lr_chunks[t], lr_k[t])
-            for i, g in enumerate(neg_grads):
-                momentum[i] = torch.addcmul(soft_clip(g, self.grad_clip), eta[t], momentum[i])
-                weights[i] = torch.addcmul(momentum[i], keep[t], weights[i])
-        if self.read_mode == 'prev':
-            y = torch.addcmul(q + beta, torch.cat(reads, 1), gamma)
-        else:
-            y = self.memory(weights, q, (gamma, beta))
-        return y[:, :N]
+                # chunk start + j reads the state after start + j writes: W_s, then W_1..W_{p-1}
+                before = [torch.cat([w.unsqueeze(1), s[:, :-1]], 1) for w, s in zip(weights, states)]
+                reads.append(self._read_chunks(before, q[:, span], p))
+            weights = [s[:, -1] for s in states]
+        if self.read_mode == 'final':
+            return self.memory(weights, q, (gamma, beta))[:, :N]
+        reads.append(self.memory.normalized(weights, q[:, writes * L:])[0])
+        return torch.addcmul(q + beta, torch.cat(reads, 1), gamma)[:, :N]
+
+    def _read_chunks(self, states, q, num_chunks):
+        """Normalised read of P chunks of queries (G, P * L, d), chunk j with states[:, j]."""
+        G, n, d = q.shape
+        flat = [s.reshape(G * num_chunks, *s.shape[2:]) for s in states]
+        normed = self.memory.normalized(flat, q.reshape(G * num_chunks, n // num_chunks, d))[0]
+        return normed.view(G, n, d)
+
+
+@contextlib.contextmanager
+def writes_disabled(model):
+    """Within the block, every :class:`NeuralMemory` in ``model`` reads its initial memory only."""
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    saved = [m.write for m in memories]
+    try:
+        for m in memories:
+            m.write = False
+        yield model
+    finally:
+        for m, w in zip(memories, saved):
+            m.write = w

@@ -2,6 +2,7 @@
 
     python tools/deploy/export_onnx.py --arch m2 --shape 224 224 --out convneur-m2.onnx
     python tools/deploy/export_onnx.py --arch m1 --classifier --checkpoint epoch_300.pth --check
+    python tools/deploy/export_onnx.py --arch m1 --options chunk_size=4096 max_lr=0.001 --check
 
 The memory writes its chunks in a Python loop, which the exporter unrolls: the graph is valid for
 the exported height and width only (the batch size too). ``--check`` runs the file with
@@ -12,18 +13,20 @@ import warnings
 
 import numpy as np
 import torch
+from mmengine.config import DictAction
 
 from convneur_mm import ConvNeur
 from convneur_mm.analysis import ConvNeurClassifier
 from convneur_mm.checkpoint import load_pretrained
+from convneur_mm.engine.launch import key_value
 
 
 def build(args):
     if args.classifier:
-        model = ConvNeurClassifier(args.arch, num_classes=args.num_classes)
+        model = ConvNeurClassifier(args.arch, num_classes=args.num_classes, **args.options)
         prefix = None  # a classifier checkpoint holds backbone.* and head.* keys
     else:
-        model = ConvNeur(args.arch, out_indices=tuple(args.out_indices))
+        model = ConvNeur(args.arch, out_indices=tuple(args.out_indices), **args.options)
         prefix = 'backbone.'
     (model.backbone if args.classifier else model).init_weights()
     if args.checkpoint:
@@ -65,6 +68,9 @@ def main():
     parser.add_argument('--out-indices', type=int, nargs='+', default=(0, 1, 2, 3))
     parser.add_argument('--checkpoint', help='weights (mmengine or plain state dict)')
     parser.add_argument('--out', help='output file (default: convneur-<arch>[-cls]_HxW.onnx)')
+    parser.add_argument('--options', nargs='+', action=DictAction, type=key_value, default={},
+                        metavar='KEY=VALUE',
+                        help='other ConvNeur arguments, e.g. chunk_size=4096 chunks_per_group=None')
     parser.add_argument('--opset', type=int, default=18)
     parser.add_argument('--check', action='store_true', help='compare onnxruntime with PyTorch')
     args = parser.parse_args()
