@@ -92,7 +92,7 @@ def _place(rng, size, sides, gap=4, tries=500):
 def compose(rng, pool, task, size=512, num_items=8):
     """One scene: (image (S, S, 3) uint8, labels (S, S) uint8, instances (S, S) int16, info)."""
     side = 28 * ITEM_SCALE
-    if task == 'odd':
+    if task == 'odd':  # the last photograph is the odd one
         common, odd_class = rng.choice(10, 2, replace=False)
         index = list(rng.choice(pool.by_class[common], num_items - 1)) + \
             [rng.choice(pool.by_class[odd_class])]
@@ -108,6 +108,8 @@ def compose(rng, pool, task, size=512, num_items=8):
         cross = np.zeros((MARKER, MARKER), bool)
         cross[MARKER // 2 - 2:MARKER // 2 + 2] = cross[:, MARKER // 2 - 2:MARKER // 2 + 2] = True
         image[y:y + MARKER, x:x + MARKER][cross] = (255, 0, 0)
+    # where fewer items found a place, the odd photograph still goes to the last one placed
+    index = index[:len(boxes) - 1] + index[-1:] if task == 'odd' else index[:len(boxes)]
     odd = len(boxes) - 1 if task == 'odd' else -1
     for j, (y, x, _) in enumerate(boxes):
         patch = np.kron(pool.images[index[j]], np.ones((ITEM_SCALE, ITEM_SCALE), np.uint8))

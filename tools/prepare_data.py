@@ -12,6 +12,13 @@
 * ``data/fashion_mnist``: the first 600 training and 100 test images of each class of Debian's
   ``dataset-fashion-mnist`` package, as PNGs with mmpretrain ``CustomDataset`` lists
   (``meta/{train,val}.txt``).
+* ``data/fashion_scenes``: canvases of 256-512 px composed of real Fashion-MNIST photographs at
+  1.5-3.5x their size, with little overlap. Training scenes use only the 60k training images;
+  validation and test scenes use test images 0-4999 and 5000-9999, so no photograph is shared
+  between splits. Written as COCO instance segmentation (``annotations/instances_{train,val,test}
+  .json``, one category per Fashion-MNIST class, RLE masks of each item's visible silhouette) and
+  as semantic maps (``semantic/{split}/*.png``: 0 background, 1-10 the classes) over the same
+  grayscale ``images/{split}/*.png``.
 
 Downloads (3 MB and 31 MB) are cached in ``~/.cache/convneur-mm/downloads``; the output is the
 same byte for byte on every run.
@@ -39,6 +46,11 @@ FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sanda
 TILE, STRIDE, VAL_X = 128, 64, 384
 MIN_AREA = 12  # px; smaller fragments are nuclei cut by a tile border
 VERSION = 1    # bump when the output changes, so stale folders are rebuilt
+SCENE_SIZES = (256, 320, 384, 448, 512)
+SCENE_ITEMS = (4, 12)        # items per scene, before the ones that do not fit
+SCENE_SCALES = (1.5, 3.5)    # item side = 28 px times this
+SCENE_MAX_OVERLAP = 0.2      # of the smaller box, between any two items
+SCENE_COUNTS = dict(train=2000, val=500, test=500)
 
 
 def log(msg):
@@ -192,6 +204,81 @@ def prepare_fashion_mnist(out, cache, per_class):
         log(f'fashion_mnist {split}: {len(lines)} images of 28x28 from {source}')
 
 
+# ----------------------------------------------------------------------------- fashion scenes
+def compose_scene(rng, images, labels, size):
+    """One scene from the photographs ``images`` (n, 28, 28) with ``labels``.
+
+    Returns the (size, size) uint8 canvas and a list of (class, visible mask) per item, in paint
+    order (a later item hides what it covers of an earlier one).
+    """
+    from PIL import Image
+    canvas = np.zeros((size, size), np.uint8)
+    owner = np.zeros((size, size), np.int16)  # 1 + index of the item that shows at a pixel
+    boxes, items = [], []
+    for _ in range(rng.integers(SCENE_ITEMS[0], SCENE_ITEMS[1] + 1)):
+        side = int(round(28 * rng.uniform(*SCENE_SCALES)))
+        for _ in range(50):
+            y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            if all(_overlap((y, x, side), b) <= SCENE_MAX_OVERLAP for b in boxes):
+                break
+        else:
+            continue  # no room left for an item of this size
+        index = int(rng.integers(len(images)))
+        patch = np.asarray(Image.fromarray(images[index]).resize((side, side), Image.BILINEAR))
+        silhouette = patch > 25
+        canvas[y:y + side, x:x + side][silhouette] = patch[silhouette]
+        owner[y:y + side, x:x + side][silhouette] = len(items) + 1
+        boxes.append((y, x, side))
+        items.append(int(labels[index]))
+    return canvas, [(c, owner == i + 1) for i, c in enumerate(items)]
+
+
+def _overlap(a, b):
+    """Intersection of two squares (y, x, side), as a fraction of the smaller one."""
+    dy = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    dx = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
+    return max(dy, 0) * max(dx, 0) / min(a[2], b[2]) ** 2
+
+
+def prepare_fashion_scenes(out, cache, counts):
+    arrays = load_fashion_mnist(cache)
+    test_images, test_labels = arrays['t10k']
+    pools = dict(train=arrays['train'], val=(test_images[:5000], test_labels[:5000]),
+                 test=(test_images[5000:], test_labels[5000:]))
+    categories = [dict(id=i + 1, name=n, supercategory='fashion')
+                  for i, n in enumerate(FASHION_CLASSES)]
+    for split_id, (split, (images, labels)) in enumerate(pools.items()):
+        (out / 'images' / split).mkdir(parents=True)
+        (out / 'semantic' / split).mkdir(parents=True)
+        records, annotations = [], []
+        for n in range(counts[split]):
+            rng = np.random.default_rng([split_id, n])  # a scene depends on its index only
+            size = int(rng.choice(SCENE_SIZES))
+            canvas, items = compose_scene(rng, images, labels, size)
+            name = f'{split}_{n:05d}.png'
+            semantic = np.zeros((size, size), np.uint8)
+            image_id = n + 1
+            records.append(dict(id=image_id, file_name=name, height=size, width=size))
+            for category, mask in items:
+                area = int(mask.sum())
+                if area < MIN_AREA:  # hidden by the items painted over it
+                    continue
+                semantic[mask] = category + 1
+                rows, cols = np.nonzero(mask)
+                x0, y0 = int(cols.min()), int(rows.min())
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=image_id, category_id=category + 1,
+                    iscrowd=0, area=area, segmentation=rle(mask),
+                    bbox=[x0, y0, int(cols.max()) - x0 + 1, int(rows.max()) - y0 + 1]))
+            save_png(canvas, out / 'images' / split / name)
+            save_png(semantic, out / 'semantic' / split / name)
+        (out / 'annotations').mkdir(exist_ok=True)
+        coco = dict(images=records, annotations=annotations, categories=categories)
+        (out / 'annotations' / f'instances_{split}.json').write_text(json.dumps(coco))
+        log(f'fashion_scenes {split}: {len(records)} scenes of {min(SCENE_SIZES)}-'
+            f'{max(SCENE_SIZES)} px, {len(annotations)} instances')
+
+
 # ----------------------------------------------------------------------------- main
 def build(name, out, fn, options=''):
     stamp = out / '.prepared'
@@ -212,12 +299,15 @@ def build(name, out, fn, options=''):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='data', help='output root (default: ./data)')
-    parser.add_argument('--only', nargs='+', choices=('nuclei', 'fashion_mnist'),
-                        default=('nuclei', 'fashion_mnist'))
+    parser.add_argument('--only', nargs='+', choices=('nuclei', 'fashion_mnist', 'fashion_scenes'),
+                        default=('nuclei', 'fashion_mnist', 'fashion_scenes'))
     parser.add_argument('--cache', default=os.environ.get(
         'CONVNEUR_CACHE', str(Path.home() / '.cache' / 'convneur-mm')) + '/downloads')
     parser.add_argument('--fashion-per-class', type=int, nargs=2, default=(600, 100),
                         metavar=('TRAIN', 'VAL'), help='images per class (default: 600 100)')
+    parser.add_argument('--scenes', type=int, nargs=3, metavar=('TRAIN', 'VAL', 'TEST'),
+                        default=tuple(SCENE_COUNTS.values()),
+                        help='fashion_scenes per split (default: %(default)s)')
     args = parser.parse_args()
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -229,6 +319,12 @@ def main():
         per_class = dict(train=args.fashion_per_class[0], val=args.fashion_per_class[1])
         build('fashion_mnist', out / 'fashion_mnist',
               lambda d: prepare_fashion_mnist(d, cache, per_class), f'per_class {per_class}')
+    if 'fashion_scenes' in args.only:
+        if min(args.scenes) < 1:
+            parser.error(f'--scenes needs at least one scene per split, got {args.scenes}')
+        counts = dict(zip(SCENE_COUNTS, args.scenes))
+        build('fashion_scenes', out / 'fashion_scenes',
+              lambda d: prepare_fashion_scenes(d, cache, counts), f'scenes {counts}')
     log(f'done in {time.time() - start:.1f} s; datasets under {out.resolve()}')
 
 

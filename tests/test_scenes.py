@@ -1,0 +1,104 @@
+"""Fashion-MNIST scenes: the prepared COCO/semantic set and the global-context tasks."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def scenes_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp('scenes')
+    subprocess.run([sys.executable, str(REPO / 'tools/prepare_data.py'), '--out', str(out),
+                    '--only', 'fashion_scenes', '--scenes', '6', '3', '3'], check=True)
+    return out / 'fashion_scenes'
+
+
+def test_scenes_are_valid_coco_and_semantic_maps(scenes_root):
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    for split, count in (('train', 6), ('val', 3), ('test', 3)):
+        coco = json.loads((scenes_root / 'annotations' / f'instances_{split}.json').read_text())
+        assert len(coco['images']) == count and len(coco['categories']) == 10
+        assert coco['annotations'], split
+        for image in coco['images']:
+            array = np.array(Image.open(scenes_root / 'images' / split / image['file_name']))
+            semantic = np.array(Image.open(scenes_root / 'semantic' / split / image['file_name']))
+            assert array.shape == semantic.shape == (image['height'], image['width'])
+            anns = [a for a in coco['annotations'] if a['image_id'] == image['id']]
+            union = np.zeros_like(semantic, bool)
+            for a in anns:
+                mask = mask_utils.decode(a['segmentation']).astype(bool)
+                assert mask.sum() == a['area'] >= 12
+                assert not (union & mask).any()  # visible parts never overlap
+                union |= mask
+                assert (semantic[mask] == a['category_id']).all()
+                assert (array[mask] > 25).all()  # a mask is an item's silhouette
+            assert ((semantic > 0) == union).all()
+
+
+def test_scenes_are_byte_identical_across_runs(scenes_root, tmp_path):
+    subprocess.run([sys.executable, str(REPO / 'tools/prepare_data.py'), '--out', str(tmp_path),
+                    '--only', 'fashion_scenes', '--scenes', '6', '3', '3'], check=True)
+    again = tmp_path / 'fashion_scenes'
+    files = sorted(p.relative_to(scenes_root) for p in scenes_root.rglob('*') if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob('*') if p.is_file())
+    for rel in files:
+        assert (scenes_root / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_splits_draw_from_disjoint_photographs():
+    prepare = _load('prepare_data', 'tools/prepare_data.py')
+    images = np.arange(30, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2) + 30
+    labels = np.arange(30) % 10
+    rng = np.random.default_rng(0)
+    canvas, items = prepare.compose_scene(rng, images, labels, 256)
+    values = set(np.unique(canvas)) - {0}
+    # every painted pixel comes from one of the given photographs
+    assert values and values <= set(range(30, 60))
+
+
+def test_global_context_scenes_encode_the_rule():
+    gc = _load('global_context', 'tools/global_context.py')
+    rng = np.random.default_rng(0)
+    images = (np.random.default_rng(1).random((200, 28, 28)) * 255).astype(np.uint8)
+    pool = gc.Pool(images, np.arange(200) % 10)
+    seen_marker = set()
+    for _ in range(20):
+        image, labels, instances, info = gc.compose(rng, pool, 'marker', size=256, num_items=4)
+        items = labels[labels > 0]
+        assert set(items) == {1 if info['marker'] else 2}
+        red = (image[..., 0] == 255) & (image[..., 1] == 0)  # items are grey, the marker red
+        assert red.any() == info['marker']
+        seen_marker.add(info['marker'])
+        image, labels, instances, info = gc.compose(rng, pool, 'odd', size=256, num_items=4)
+        odd = instances == info['odd']
+        assert odd.any() and (labels[odd] == 1).all() and (labels[(instances > 0) & ~odd] == 2).all()
+    assert seen_marker == {True, False}
+
+
+def test_global_context_tool_runs_and_resumes(tmp_path):
+    cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--tasks', 'marker',
+           '--variants', 'memory', '--seeds', '0', '--iters', '2', '--size', '128',
+           '--eval-scenes', '4', '--batch', '2', '--jobs', '1', '--work-dir', str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    [result] = tmp_path.glob('stages2-128/marker/memory/seed0.json')
+    data = json.loads(result.read_text())
+    assert 0 <= data['test']['accuracy'] <= 1 and set(data['write_strength_init']) == {
+        'stages.0.memory', 'stages.1.memory'}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert '1 already done, 0 to run' in again.stdout
+    assert (tmp_path / 'stages2-128' / 'results.md').read_text().count('| memory |') == 1
