@@ -5,9 +5,10 @@ backbone and the layer-decay optimizer constructor; it needs torch and mmengine 
 """
 from .checkpoint import allow_mmengine_checkpoint_types
 from .engine import LayerDecayOptimWrapperConstructor
-from .models import ConvNeur, NeuralMemory
+from .models import ConvNeur, MemoryGate, MemoryGated, NeuralMemory
 from .version import __version__
 
 allow_mmengine_checkpoint_types()
 
-__all__ = ['ConvNeur', 'NeuralMemory', 'LayerDecayOptimWrapperConstructor', '__version__']
+__all__ = ['ConvNeur', 'MemoryGate', 'MemoryGated', 'NeuralMemory',
+           'LayerDecayOptimWrapperConstructor', '__version__']

@@ -5,7 +5,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from convneur_mm import ConvNeur
+from convneur_mm import ConvNeur, MemoryGate, MemoryGated
 from convneur_mm.engine.launch import build_task_model
 from convneur_mm.testing import cls_batch, det_batch, run_train_step, seg_batch
 
@@ -27,15 +27,19 @@ def test_config_builds_and_trains_one_step(path):
     cfg = Config.fromfile(str(REPO / path))
     scope = cfg.default_scope
     assert scope in ('mmdet', 'mmseg', 'mmpretrain'), scope
-    assert cfg.custom_imports == dict(imports=['convneur_mm'], allow_failed_imports=False)
-    cfg.model.backbone.init_cfg = None  # no ImageNet checkpoint here
+    assert 'convneur_mm' in cfg.custom_imports.imports
+    assert cfg.custom_imports.allow_failed_imports is False
+    gated = cfg.model.backbone.type == 'convneur_mm.MemoryGated'
+    # no ImageNet checkpoint here
+    (cfg.model.backbone.backbone if gated else cfg.model.backbone).init_cfg = None
     if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # mmengine's AMP needs a GPU
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
     if scope == 'mmseg':
         cfg.model.data_preprocessor.size = (128, 128)
     model = build_task_model(cfg)
-    assert isinstance(model.backbone, ConvNeur)
+    assert isinstance(model.backbone, (ConvNeur, MemoryGated)) or any(
+        isinstance(m, MemoryGate) for m in model.backbone.modules())
     if scope == 'mmdet':
         batch = det_batch(128, labels=(0, 0))
     elif scope == 'mmseg':

@@ -5,7 +5,7 @@
     python tools/global_context.py --list                 # what would run
     python tools/global_context.py --summary              # the tables of finished runs only
 
-Scenes are S x S canvases (default 512) of real Fashion-MNIST photographs, K items at twice their
+Scenes are S x S canvases (default 384) of real Fashion-MNIST photographs, K items at twice their
 size (56 px), drawn on the fly from disjoint pools: training scenes from the 60k training images,
 validation scenes from test images 0-4999, test scenes from test images 5000-9999. Pixels are
 labelled 0 (background), 1 or 2:
@@ -175,11 +175,12 @@ def build(variant, stages):
 
 # ----------------------------------------------------------------------------- train / eval
 @torch.no_grad()
-def evaluate(model, pool, task, split_id, args):
+def evaluate(model, pool, task, split_id, args, num_scenes=None):
     model.eval()
+    num_scenes = num_scenes or args.eval_scenes
     correct = total = pix_correct = pix_total = 0
-    for start in range(0, args.eval_scenes, args.batch):
-        n = min(args.batch, args.eval_scenes - start)
+    for start in range(0, num_scenes, args.batch):
+        n = min(args.batch, num_scenes - start)
         # the same scenes for every run: one generator per scene index
         scenes = [compose(np.random.default_rng([split_id, start + i]), pool, task, args.size)
                   for i in range(n)]
@@ -230,7 +231,7 @@ def train_one(task, variant, seed, args):
         1 + math.cos(math.pi * min(1.0, i / args.iters))))
     probe_x = batch(np.random.default_rng([9, 9]), pools['val'], task, 2, args.size)[0]
     strength_init = memory_write_strength(model, probe_x)
-    curve, t0 = [], time.perf_counter()
+    curve, val_curve, t0 = [], [], time.perf_counter()
     running = None
     for it in range(args.iters):
         x, labels, _, _ = batch(rng, pools['train'], task, args.batch, args.size)
@@ -245,9 +246,16 @@ def train_one(task, variant, seed, args):
             curve.append((it + 1, running))
             print(f'[{task} | {variant} | seed {seed}] iter {it + 1}/{args.iters} loss {running:.4f} '
                   f'({(time.perf_counter() - t0) / (it + 1):.2f} s/iter)', flush=True)
+        if args.eval_every and (it + 1) % args.eval_every == 0 and it + 1 < args.iters:
+            # a smaller validation set than the final one: the learning curve, not the result
+            acc = evaluate(model, pools['val'], task, 1, args, num_scenes=64)['accuracy']
+            val_curve.append((it + 1, acc))
+            print(f'[{task} | {variant} | seed {seed}] iter {it + 1}: accuracy on 64 validation '
+                  f'scenes {acc:.3f}', flush=True)
     seconds = time.perf_counter() - t0
     return dict(task=task, variant=variant, seed=seed, iters=args.iters, batch=args.batch,
                 size=args.size, stages=args.stages, seconds=seconds, loss_curve=curve,
+                val_curve=val_curve,
                 val=evaluate(model, pools['val'], task, 1, args),
                 test=evaluate(model, pools['test'], task, 2, args),
                 write_strength_init=strength_init,
@@ -300,13 +308,15 @@ def main():
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--stages', type=int, default=2, choices=(2, 4),
                         help='2: the high-resolution probe (out_indices (0, 1)); 4: full backbone')
-    parser.add_argument('--size', type=int, default=512, help='canvas side (default 512)')
-    parser.add_argument('--iters', type=int, default=600)
+    parser.add_argument('--size', type=int, default=384, help='canvas side (default 384)')
+    parser.add_argument('--iters', type=int, default=800)
     parser.add_argument('--scale', type=float, default=1.0, help='multiplies --iters')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--lr', type=float, default=2e-3)
     parser.add_argument('--eval-scenes', type=int, default=256)
     parser.add_argument('--log-every', type=int, default=50)
+    parser.add_argument('--eval-every', type=int, default=200,
+                        help='iterations between accuracy checks on 64 validation scenes (0: none)')
     parser.add_argument('--jobs', type=int, default=2, help='runs in parallel, one thread each')
     parser.add_argument('--work-dir', default='work_dirs/global_context')
     parser.add_argument('--cache', default=os.environ.get(
@@ -351,7 +361,7 @@ def main():
             os.makedirs(osp.dirname(path), exist_ok=True)
             cmd = [sys.executable, osp.abspath(__file__), '--single', task, variant, str(seed)]
             for key in ('stages', 'size', 'iters', 'batch', 'lr', 'eval_scenes', 'log_every',
-                        'work_dir', 'cache'):
+                        'eval_every', 'work_dir', 'cache'):
                 cmd += [f'--{key.replace("_", "-")}', str(getattr(args, key))]
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
             with open(path.replace('.json', '.log'), 'w') as log:

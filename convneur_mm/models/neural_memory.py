@@ -24,7 +24,6 @@ The inner gradients are written out in closed form (no ``autograd.grad`` in forw
 loop is an ordinary differentiable graph: it works with checkpointing, tracing, ONNX and compile,
 and the outer optimiser trains the projections, the gates and the learned initial weights through it.
 """
-import contextlib
 import math
 
 import torch
@@ -265,7 +264,7 @@ class NeuralMemory(nn.Module):
         self.read_mode = read_mode
         self.chunks_per_group = chunks_per_group
         self.grad_clip = grad_clip
-        # Switched off by :func:`writes_disabled` to measure what the write contributes.
+        # Switched off by convneur_mm.analysis.memory_stats to measure what the write contributes.
         self.write = True
         # Set to a list to collect every chunk's inner loss ("surprise"), a (G, P) tensor per group.
         self.surprise = None
@@ -395,16 +394,3 @@ class NeuralMemory(nn.Module):
         normed = self.memory.normalized(flat, q.reshape(G * num_chunks, n // num_chunks, d))[0]
         return normed.view(G, n, d)
 
-
-@contextlib.contextmanager
-def writes_disabled(model):
-    """Within the block, every :class:`NeuralMemory` in ``model`` reads its initial memory only."""
-    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
-    saved = [m.write for m in memories]
-    try:
-        for m in memories:
-            m.write = False
-        yield model
-    finally:
-        for m, w in zip(memories, saved):
-            m.write = w

@@ -1,0 +1,203 @@
+"""The memory gate as an mmcv plug-in and the MemoryGated wrapper around other backbones."""
+import copy
+
+import pytest
+import torch
+from mmengine.registry import MODELS
+
+import convneur_mm  # noqa: F401  (registers the modules)
+from convneur_mm import MemoryGate, MemoryGated
+
+RESNET50_PLUGINS = [dict(cfg=dict(type='convneur_mm.MemoryGate'), stages=(False, True, True, True),
+                         position='after_conv3')]
+# backbone config, modules to gate: each backbone family whose blocks take no plug-ins
+WRAPPED = {
+    'mmdet ResNet-18': (dict(type='mmdet.ResNet', depth=18),
+                        ['layer1', 'layer2', 'layer3', 'layer4']),
+    'mmpretrain ConvNeXt-V2-atto': (
+        dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True, layer_scale_init_value=0.,
+             out_indices=(0, 1, 2, 3), gap_before_final_norm=False),
+        ['stages.0', 'stages.1', 'stages.2', 'stages.3']),
+    'mmdet Swin-T': (dict(type='mmdet.SwinTransformer'),
+                     ['patch_embed', 'stages.0.downsample', 'stages.1.downsample',
+                      'stages.2.downsample']),
+    'mmdet PVTv2-b0': (dict(type='mmdet.PyramidVisionTransformerV2', embed_dims=32,
+                            num_layers=[2, 2, 2, 2]),
+                       ['layers.0.0', 'layers.1.0', 'layers.2.0', 'layers.3.0']),
+}
+
+
+def _pretrained_pair(gated_cfg, plain_cfg):
+    """A gated and a plain backbone whose backbone weights are the same random 'pretrained' ones."""
+    torch.manual_seed(0)
+    plain = MODELS.build(plain_cfg)
+    plain.init_weights()
+    with torch.no_grad():  # away from mmdet's zero-initialised residual norms
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    gated = MODELS.build(gated_cfg)
+    gated.init_weights()
+    inner = gated.backbone if isinstance(gated, MemoryGated) else gated
+    result = inner.load_state_dict(plain.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all('gate' in k for k in result.missing_keys)
+    gated.eval()
+    plain.eval()  # not `plain = plain.eval()`: mmdet's ResNet.train() returns None
+    return gated, plain
+
+
+def _outputs(model, x):
+    out = model(x)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def test_builds_through_mmcv_plugin_builder():
+    from mmcv.cnn import build_plugin_layer
+    name, layer = build_plugin_layer(dict(type='convneur_mm.MemoryGate', chunk_size=64),
+                                     postfix=2, in_channels=256)
+    assert name == 'memory_gate2' and isinstance(layer, MemoryGate)
+    assert layer.memory.num_heads * layer.memory.head_dim == 64  # C / 4, a bottleneck
+    x = torch.randn(2, 256, 9, 11)
+    assert torch.equal(layer(x), x)
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_resnet50_plugins_are_the_identity_at_init_then_train(scope):
+    cfg = dict(type=f'{scope}.ResNet', depth=50, plugins=RESNET50_PLUGINS)
+    plain_cfg = dict(type=f'{scope}.ResNet', depth=50)
+    gated, plain = _pretrained_pair(cfg, plain_cfg)
+    gates = [m for m in gated.modules() if isinstance(m, MemoryGate)]
+    assert len(gates) == 4 + 6 + 3  # every Bottleneck of stages 2-4
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        for a, b in zip(_outputs(gated, x), _outputs(plain, x)):
+            assert (a - b).abs().max() <= 1e-6
+    _train_step_changes_output(gated, x)
+
+
+@pytest.mark.parametrize('name', list(WRAPPED))
+def test_wrapped_backbones_are_the_identity_at_init_then_train(name):
+    backbone, after = WRAPPED[name]
+    gated, plain = _pretrained_pair(dict(type='convneur_mm.MemoryGated', backbone=backbone,
+                                         after=after), backbone)
+    assert len(gated.gates) == 4
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        for a, b in zip(_outputs(gated, x), _outputs(plain, x)):
+            assert a.shape == b.shape and (a - b).abs().max() <= 1e-6
+    _train_step_changes_output(gated, x)
+
+
+def _train_step_changes_output(model, x):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sum(o.square().mean() for o in _outputs(model, x)).backward()
+    scales = [m.scale for m in model.modules() if isinstance(m, MemoryGate)]
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in scales)
+    model.eval()
+    with torch.no_grad():
+        before = _outputs(model, x)
+    opt.step()
+    with torch.no_grad():
+        after = _outputs(model, x)
+    assert any((a - b).abs().max() > 1e-6 for a, b in zip(after, before))
+
+
+def test_wrapper_keeps_frozen_stages_norm_eval_and_out_indices():
+    model = MemoryGated(dict(type='mmdet.ResNet', depth=18, frozen_stages=1, norm_eval=True,
+                             out_indices=(1, 3)), after=['layer1', 'layer2', 'layer3', 'layer4'])
+    model.init_weights()
+    model.train()
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in model.gates.parameters())
+    assert not model.backbone.layer2[0].bn1.training  # norm_eval
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [128, 512]
+
+
+def test_wrapper_loads_the_wrapped_backbones_pretrained_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    plain = MODELS.build(dict(type='mmdet.ResNet', depth=18))
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.05)
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in plain.state_dict().items()}),
+               tmp_path / 'r18.pth')
+    model = MemoryGated(dict(type='mmdet.ResNet', depth=18, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'r18.pth'), prefix='backbone.')),
+        after=['layer2', 'layer4'])
+    model.init_weights()
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        for a, b in zip(model(x), plain(x)):
+            assert torch.equal(a, b)
+
+
+def test_deepcopy_gives_hooks_that_call_the_copied_gates():
+    model = MemoryGated(dict(type='mmdet.ResNet', depth=18), after=['layer3']).eval()
+    model.init_weights()
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        twin.gates['layer3'].scale.fill_(1.0)
+        changed, same = twin(x)[-1], model(x)[-1]
+        assert not torch.equal(changed, same)
+        model.gates['layer3'].scale.fill_(1.0)
+        torch.testing.assert_close(model(x)[-1], changed)
+
+
+def test_layer_depth_for_layer_decay():
+    model = MemoryGated(dict(type='mmpretrain.ConvNeXt', arch='atto', out_indices=(0, 1, 2, 3),
+                             gap_before_final_norm=False),
+                        after=['stages.0', 'stages.3'])
+    inner = model.backbone
+    assert model.get_layer_depth('backbone.backbone.stages.1.0.gamma', 'backbone.') == \
+        inner.get_layer_depth('stages.1.0.gamma')
+    gate0 = model.get_layer_depth('backbone.gates.stages_0.scale', 'backbone.')
+    assert gate0 == max(inner.get_layer_depth(f'stages.0.{n}')
+                        for n, _ in inner.stages[0].named_parameters())
+    assert model.get_layer_depth('neck.conv.weight', 'backbone.')[0] == gate0[1] - 1
+
+
+@pytest.mark.parametrize('after, error', [
+    (['layer9'], "has no module\\(s\\) \\['layer9'\\]; its top-level modules are"),
+    ('layer1', 'non-empty list of module names'),
+    ([], 'non-empty list of module names'),
+])
+def test_bad_after_names_are_refused_clearly(after, error):
+    with pytest.raises(ValueError, match=error):
+        MemoryGated(dict(type='mmdet.ResNet', depth=18), after=after)
+
+
+def test_modules_that_give_no_map_get_a_clear_error():
+    pvt = dict(type='mmdet.PyramidVisionTransformerV2', embed_dims=32, num_layers=[2, 2, 2, 2])
+    with pytest.raises(ValueError, match=r"\['layers.0.1'\] did not run in a forward pass"):
+        MemoryGated(pvt, after=['layers.0.1'])  # a ModuleList, never called itself
+    model = MemoryGated(pvt, after=['layers.0.1.0'])  # a block: tokens without their (H, W)
+    with pytest.raises(TypeError, match=r"output of 'layers.0.1.0' is \(1, 256, 32\); a gate "):
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_wrapped_backbone_exports_to_onnx(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    model = MemoryGated(dict(type='mmdet.ResNet', depth=18),
+                        after=['layer1', 'layer2', 'layer3', 'layer4'],
+                        gate=dict(chunk_size=64)).eval()
+    model.init_weights()
+    with torch.no_grad():
+        for g in model.gates.values():
+            g.scale.fill_(1.0)  # not the identity, so the gates are really in the graph
+    x = torch.randn(1, 3, 96, 128)
+    path = str(tmp_path / 'gated.onnx')
+    torch.onnx.export(model, (x,), path, dynamo=True, input_names=['input'])
+    outs = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(
+        None, {'input': x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    for o, r in zip(outs, ref):
+        assert np.abs(o - r.numpy()).max() <= 1e-4 * np.abs(r.numpy()).max()
