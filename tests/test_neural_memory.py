@@ -62,7 +62,7 @@ def reference_scan(mem, q, k, v, logits, B):
 
 @pytest.mark.parametrize('memory_type', ['linear', 'mlp'])
 @pytest.mark.parametrize('read_mode', ['prev', 'final'])
-@pytest.mark.parametrize('N', [23, 24])  # a padded last chunk, and an exact multiple
+@pytest.mark.parametrize('N', [5, 23, 24])  # shorter than a chunk, a padded last chunk, a multiple
 @pytest.mark.parametrize('chunks_per_group,grad_clip', [(1, None), (2, None), (None, None),
                                                         (1, 0.5), (2, 0.5)])
 def test_closed_form_matches_autograd_reference(memory_type, read_mode, N, chunks_per_group,

@@ -52,6 +52,14 @@ VARIANTS = {
     'memory fusion=add': dict(DENSE, fusion='add'),
     'memory placement=block': dict(DENSE, memory_placement='block'),
     'memory type=mlp': dict(DENSE, memory_type='mlp'),
+    # layer scale 1 instead of 1e-6: the residual branches, and so the gates, act from the start
+    'memory ls=1': dict(DENSE, layer_scale_init_value=1.0),
+    'local ls=1': dict(DENSE, memory_placement='none', layer_scale_init_value=1.0),
+    'memory cls-settings ls=1': dict(arch='m1', layer_scale_init_value=1.0),
+    'memory group=all ls=1': dict(DENSE, chunks_per_group=None, layer_scale_init_value=1.0),
+    'memory fusion=add ls=1': dict(DENSE, fusion='add', layer_scale_init_value=1.0),
+    'memory cls-settings group=all ls=1': dict(arch='m1', chunks_per_group=None,
+                                               layer_scale_init_value=1.0),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
 }
