@@ -96,8 +96,10 @@ def test_closed_form_matches_autograd_reference(memory_type, read_mode, N, chunk
         assert (g is None) == (g_ref is None)
         if g is not None:
             torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-10)
-    # the write really changes what is read (otherwise the comparison above proves little)
-    assert grads[3] is not None and grads[3].abs().max() > 1e-6
+    # the write really changes what is read (otherwise the comparison above proves little),
+    # except in 'prev' mode with one chunk, which reads the initial memory only
+    if not (read_mode == 'prev' and N <= L):
+        assert grads[3] is not None and grads[3].abs().max() > 1e-6
 
 
 def test_memory_module_gradcheck():
