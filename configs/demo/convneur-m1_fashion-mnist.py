@@ -1,6 +1,6 @@
 # Demo: ConvNeur-M1 classifier trained from scratch on a Fashion-MNIST subset (600 images per class
 # for training, 100 per class from the test set for validation; python tools/prepare_data.py),
-# at 32x32, evaluated with top-1 accuracy. About 6 minutes on 2 CPU cores.
+# at 32x32, evaluated with top-1 accuracy. About 2 minutes on 2 CPU cores.
 _base_ = ['mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['convneur_mm'], allow_failed_imports=False)
 

@@ -1,5 +1,5 @@
 # Demo: Mask R-CNN + ConvNeur-M1 trained from scratch on the DSB2018 nuclei tiles
-# (python tools/prepare_data.py), evaluated with COCO box/mask mAP. About 8 minutes on 2 CPU cores.
+# (python tools/prepare_data.py), evaluated with COCO box/mask mAP. About 4 minutes on 2 CPU cores.
 #
 # Budget choices for a CPU (the model is Mask R-CNN, only slimmer): 64-channel FPN and heads
 # (RoIAlign cost scales with channels), 128 sampled RoIs, 300 proposals, tiles upsampled 2x so that

@@ -3,7 +3,7 @@
     python tools/analysis/memory_mechanism.py                      # the default grid, 3 seeds
     python tools/analysis/memory_mechanism.py --settings "196 1 1" "196 1 None" --seeds 0 1 2
 
-A ``NeuralMemory`` (C = C_m = 32, one head) and a 1x1 convolution are trained on 24 x 24 maps of
+A ``NeuralMemory`` (C = 32, by default C_m = 32: one head) and a 1x1 convolution are trained on 24 x 24 maps of
 Gaussian noise tokens; in half of the maps a 2 x 2 patch carries an added fixed random vector (the
 marker). Every position is labelled with the map's bit (marker present or not), so the only way to
 the answer is through the memory: what is written anywhere must be read everywhere. Each setting
@@ -36,12 +36,13 @@ def batch(gen, marker, n):
     return x, y
 
 
-def run(chunk, max_lr, group, seed, steps, read_mode, write=True):
+def run(chunk, max_lr, group, seed, steps, read_mode, write=True, memory_type='linear',
+        memory_dim=32):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     marker = torch.randn(C, generator=gen) * 2
-    mem = NeuralMemory(C, 32, head_dim=32, chunk_size=chunk, max_lr=max_lr,
-                       chunks_per_group=group, read_mode=read_mode)
+    mem = NeuralMemory(C, memory_dim, head_dim=32, chunk_size=chunk, max_lr=max_lr,
+                       chunks_per_group=group, read_mode=read_mode, memory_type=memory_type)
     mem.write = write
     head = nn.Conv2d(C, 1, 1)
     opt = torch.optim.AdamW(list(mem.parameters()) + list(head.parameters()), lr=3e-3)
@@ -72,6 +73,8 @@ def main():
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--read-mode', default='final', choices=('final', 'prev'))
+    parser.add_argument('--memory-type', default='linear', choices=('linear', 'mlp'))
+    parser.add_argument('--memory-dim', type=int, default=32, help='C_m, a multiple of 32')
     parser.add_argument('--control', action='store_true',
                         help='also run the first setting with the write switched off')
     args = parser.parse_args()
@@ -90,13 +93,15 @@ def main():
         results = []
         for seed in args.seeds:
             t = time.perf_counter()
-            acc, reached = run(chunk, max_lr, group, seed, args.steps, args.read_mode, write)
+            acc, reached = run(chunk, max_lr, group, seed, args.steps, args.read_mode, write,
+                               args.memory_type, args.memory_dim)
             results.append((acc, reached))
             print(f'chunk {chunk}, max_lr {max_lr:g}, chunks_per_group {group}, write {write}, '
                   f'seed {seed}: accuracy {acc:.3f}, reached 0.95 at step {reached} '
                   f'({time.perf_counter() - t:.0f} s)', flush=True)
         rows.append((chunk, max_lr, group if write else f'{group}, no write', results))
-    print(f'\n{SIDE * SIDE} tokens a map, read_mode={args.read_mode!r}, {args.steps} steps of 16 '
+    print(f'\n{SIDE * SIDE} tokens a map, read_mode={args.read_mode!r}, '
+          f'memory_type={args.memory_type!r}, C_m={args.memory_dim}, {args.steps} steps of 16 '
           f'maps; mean ± 95% CI over seeds {args.seeds}\n')
     print('| chunk | max_lr | chunks_per_group | chunks | accuracy | step reaching 0.95 |')
     print('|---|---|---|---|---|---|')

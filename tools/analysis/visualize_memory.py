@@ -13,12 +13,14 @@ CHECKPOINT may be ``init`` (the config's freshly initialised model, as in tools/
   (:func:`convneur_mm.analysis.memory_stats`).
 """
 import argparse
+import logging
 import os
 import os.path as osp
 
 import numpy as np
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
 
 from convneur_mm import NeuralMemory
 from convneur_mm.analysis import memory_stats
@@ -95,7 +97,13 @@ def main():
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)
     model = build_task_model(cfg)
-    model.init_weights()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights reports every parameter at INFO
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     if args.checkpoint != 'init':
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
