@@ -46,3 +46,21 @@ def backbone_cfg(arch, task, **overrides):
                                  prefix='backbone.'))
     cfg.update(overrides)
     return cfg
+
+
+# mmpretrain's ImageNet-1K ConvNeXt-T, the checkpoint mmdet's and mmseg's ConvNeXt-T configs load.
+CONVNEXT_T_IN1K = ('https://download.openmmlab.com/mmclassification/v0/convnext/downstream/'
+                   'convnext-tiny_3rdparty_32xb128-noema_in1k_20220301-795e9634.pth')
+
+
+def memory_gated_convnext_t(drop_path_rate=0.4, **gate):
+    """The ``model.backbone`` dict of a config: ImageNet-pretrained ConvNeXt-T (as mmdet's and
+    mmseg's ConvNeXt-T configs build it) with a memory gate after each of its four stages."""
+    return dict(
+        _delete_=True, type='convneur_mm.MemoryGated', gate=gate,
+        backbone=dict(type='mmpretrain.ConvNeXt', arch='tiny', out_indices=[0, 1, 2, 3],
+                      drop_path_rate=drop_path_rate, layer_scale_init_value=1.0,
+                      gap_before_final_norm=False,
+                      init_cfg=dict(type='Pretrained', checkpoint=CONVNEXT_T_IN1K,
+                                    prefix='backbone.')),
+        after=['stages.0', 'stages.1', 'stages.2', 'stages.3'])
