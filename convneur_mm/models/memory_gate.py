@@ -82,7 +82,8 @@ class _GateHook:
         if torch.is_tensor(output) and output.dim() == 4:
             return self.gate(output)
         if isinstance(output, (tuple, list)) and len(output) >= 2 and torch.is_tensor(output[0]) \
-                and output[0].dim() == 3 and len(output[1]) == 2:
+                and output[0].dim() == 3 and isinstance(output[1], (tuple, list, torch.Size)) \
+                and len(output[1]) == 2:
             tokens, (h, w) = output[0], output[1]
             B, N, C = tokens.shape
             gated = self.gate(tokens.transpose(1, 2).reshape(B, C, h, w))
