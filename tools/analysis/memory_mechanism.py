@@ -27,8 +27,12 @@ DEFAULT_SETTINGS = ['196 1 1', '196 1 None', '196 0.03 1', '196 0.001 1', '196 0
 C, SIDE = 32, 24
 
 
-def batch(gen, marker, n):
+def batch(gen, marker, n, background=0.0):
     x = torch.randn(n, C, SIDE, SIDE, generator=gen)
+    if background:
+        # that fraction of the positions holds one and the same token, like an empty scene
+        flat = torch.rand(n, 1, SIDE, SIDE, generator=gen) < background
+        x = torch.where(flat, torch.ones_like(x), x)
     y = (torch.rand(n, generator=gen) < 0.5).float()
     for i in torch.nonzero(y).flatten().tolist():
         r, c = torch.randint(0, SIDE - 1, (2,), generator=gen).tolist()
@@ -37,7 +41,7 @@ def batch(gen, marker, n):
 
 
 def run(chunk, max_lr, group, seed, steps, read_mode, write=True, memory_type='linear',
-        memory_dim=32):
+        memory_dim=32, background=0.0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     marker = torch.randn(C, generator=gen) * 2
@@ -48,20 +52,22 @@ def run(chunk, max_lr, group, seed, steps, read_mode, write=True, memory_type='l
     opt = torch.optim.AdamW(list(mem.parameters()) + list(head.parameters()), lr=3e-3)
     reached = None
     for step in range(1, steps + 1):
-        x, y = batch(gen, marker, 16)
+        x, y = batch(gen, marker, 16, background)
         logits = head(mem(x)).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits, y[:, None, None].expand_as(logits))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if reached is None and step % 10 == 0 and accuracy(mem, head, gen, marker, 64) >= 0.95:
+        if reached is None and step % 10 == 0 and \
+                accuracy(mem, head, gen, marker, 64, background) >= 0.95:
             reached = step
-    return accuracy(mem, head, torch.Generator().manual_seed(10_000 + seed), marker, 256), reached
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    return accuracy(mem, head, gen, marker, 256, background), reached
 
 
 @torch.no_grad()
-def accuracy(mem, head, gen, marker, n):
-    x, y = batch(gen, marker, n)
+def accuracy(mem, head, gen, marker, n, background=0.0):
+    x, y = batch(gen, marker, n, background)
     said = head(mem(x)).mean((1, 2, 3)) > 0
     return float((said.float() == y).float().mean())
 
@@ -75,6 +81,8 @@ def main():
     parser.add_argument('--read-mode', default='final', choices=('final', 'prev'))
     parser.add_argument('--memory-type', default='linear', choices=('linear', 'mlp'))
     parser.add_argument('--memory-dim', type=int, default=32, help='C_m, a multiple of 32')
+    parser.add_argument('--background', type=float, default=0.0,
+                        help='fraction of positions holding one identical token (default 0)')
     parser.add_argument('--control', action='store_true',
                         help='also run the first setting with the write switched off')
     args = parser.parse_args()
@@ -94,14 +102,15 @@ def main():
         for seed in args.seeds:
             t = time.perf_counter()
             acc, reached = run(chunk, max_lr, group, seed, args.steps, args.read_mode, write,
-                               args.memory_type, args.memory_dim)
+                               args.memory_type, args.memory_dim, args.background)
             results.append((acc, reached))
             print(f'chunk {chunk}, max_lr {max_lr:g}, chunks_per_group {group}, write {write}, '
                   f'seed {seed}: accuracy {acc:.3f}, reached 0.95 at step {reached} '
                   f'({time.perf_counter() - t:.0f} s)', flush=True)
         rows.append((chunk, max_lr, group if write else f'{group}, no write', results))
     print(f'\n{SIDE * SIDE} tokens a map, read_mode={args.read_mode!r}, '
-          f'memory_type={args.memory_type!r}, C_m={args.memory_dim}, {args.steps} steps of 16 '
+          f'memory_type={args.memory_type!r}, C_m={args.memory_dim}, background '
+          f'{args.background:.0%}, {args.steps} steps of 16 '
           f'maps; mean ± 95% CI over seeds {args.seeds}\n')
     print('| chunk | max_lr | chunks_per_group | chunks | accuracy | step reaching 0.95 |')
     print('|---|---|---|---|---|---|')
