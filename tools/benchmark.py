@@ -53,6 +53,14 @@ def _mmpretrain(name, **kwargs):
     return build
 
 
+def _gated(backbone, after):
+    """A peer with a convneur_mm.MemoryGate after each stage: what the plug-in costs."""
+    def build():
+        from convneur_mm import MemoryGated
+        return MemoryGated(backbone, after=after)
+    return build
+
+
 def _pvtv2(embed_dims, num_layers):
     def build():
         from mmdet.models.backbones import PyramidVisionTransformerV2
@@ -80,6 +88,13 @@ MODELS = {
     'swin-tiny': ('swin', _mmpretrain('SwinTransformer', arch='tiny', img_size=224,
                                       out_indices=(0, 1, 2, 3))),
     'poolformer-s12': ('metaformer', _mmpretrain('PoolFormer', arch='s12', out_indices=(0, 2, 4, 6))),
+    # peers with a memory gate after each stage (chunk 4096, max_lr 1e-3, C_m = C / 4 up to 128)
+    'resnet18+memory': ('gated', _gated(
+        dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3)),
+        ['layer1', 'layer2', 'layer3', 'layer4'])),
+    'convnextv2-atto+memory': ('gated', _gated(
+        dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True, layer_scale_init_value=0.,
+             out_indices=(0, 1, 2, 3)), ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
 }
 QUICK_MODELS = ['convneur-m1', 'convneur-m2', 'convneur-m1-local', 'convneur-m2-local',
                 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
