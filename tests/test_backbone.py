@@ -229,6 +229,8 @@ def test_get_layer_depth():
     (dict(memory_type='deep'), ValueError, r"memory_type='deep'.*'linear', 'mlp'"),
     (dict(fusion='mul'), ValueError, r"fusion='mul'.*'gate', 'add'"),
     (dict(max_lr=0), ValueError, 'max_lr'),
+    (dict(chunks_per_group=0), ValueError, r'chunks_per_group must be an int >= 1.*or None.*got 0'),
+    (dict(grad_clip=-1.0), ValueError, r'grad_clip must be None \(no clip\) or > 0, got -1.0'),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):
     kwargs.setdefault('arch', 'm1')

@@ -73,7 +73,7 @@ def test_write_carries_context_at_init(config, size, nuclei_image):
         f'all: { {n: f"{v:.2%}" for n, v in strengths.items()} }')
 
 
-def test_write_strength_is_zero_without_a_write_and_stats_are_in_range():
+def test_write_strength_vanishes_with_a_vanishing_step_and_stats_are_in_range():
     torch.manual_seed(0)
     model = ConvNeur('m1', out_indices=(0, 1), chunk_size=64).eval()
     x = torch.randn(1, 3, 64, 64)

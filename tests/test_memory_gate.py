@@ -171,6 +171,22 @@ def test_bad_after_names_are_refused_clearly(after, error):
         MemoryGated(dict(type='mmdet.ResNet', depth=18), after=after)
 
 
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(in_channels=0), 'in_channels must be a positive int, got 0'),
+    (dict(in_channels=64, memory_dim=48), 'memory_dim=48 must be a multiple of head_dim=32'),
+    (dict(in_channels=64, chunks_per_group=0), 'chunks_per_group must be an int >= 1'),
+])
+def test_bad_gate_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryGate(**kwargs)
+
+
+def test_wrong_number_of_in_channels_is_refused():
+    with pytest.raises(ValueError, match=r'in_channels \[64\] needs one entry per name in'):
+        MemoryGated(dict(type='mmdet.ResNet', depth=18), after=['layer1', 'layer2'],
+                    in_channels=[64])
+
+
 def test_modules_that_give_no_map_get_a_clear_error():
     pvt = dict(type='mmdet.PyramidVisionTransformerV2', embed_dims=32, num_layers=[2, 2, 2, 2])
     with pytest.raises(ValueError, match=r"\['layers.0.1'\] did not run in a forward pass"):

@@ -59,7 +59,7 @@ def test_scenes_are_byte_identical_across_runs(scenes_root, tmp_path):
         assert (scenes_root / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
-def test_splits_draw_from_disjoint_photographs():
+def test_scene_pixels_come_from_the_given_photographs():
     prepare = _load('prepare_data', 'tools/prepare_data.py')
     images = np.arange(30, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2) + 30
     labels = np.arange(30) % 10

@@ -76,8 +76,7 @@ class Pool:
 
 
 def load_pools(cache):
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/ when imported by the tests
-    from prepare_data import load_fashion_mnist
+    from prepare_data import load_fashion_mnist  # tools/prepare_data.py, beside this script
     arrays = load_fashion_mnist(Path(cache).expanduser())
     test_images, test_labels = arrays['t10k']
     return dict(train=Pool(*arrays['train']), val=Pool(test_images[:5000], test_labels[:5000]),

@@ -127,7 +127,7 @@ class FastWeights(nn.Module):
         normed = self.normalized(weights, z)[0]
         return torch.addcmul(z + ln[1], normed, ln[0])
 
-    def chunk_grads(self, weights, cache, d_normed, lr, num_chunks):
+    def chunk_grads(self, weights, cache, d_normed, lr, num_chunks, lr_z=None):
         """Closed-form gradient of every chunk's inner loss, all taken at ``weights``.
 
         Args:
@@ -137,11 +137,13 @@ class FastWeights(nn.Module):
                 without the per-token step size.
             lr: (G, P * L, 1) per-token step size.
             num_chunks: P; the tokens are P consecutive chunks of equal length.
+            lr_z: ``lr * z`` when the caller has it already (computed for all chunks at once).
         Returns:
             list of (G, P, fan_in, fan_out) gradients, in the order of ``weights``.
         """
         z, hidden, act, normed, rstd = cache
         G, n, _ = z.shape
+        lr_z = lr * z if lr_z is None else lr_z
         g = d_normed
         # Back through the normalisation (the standard LayerNorm backward). Everything after
         # this point is linear per token, so the step size is applied to the (smaller) inputs
@@ -156,13 +158,13 @@ class FastWeights(nn.Module):
             return out.view(G, num_chunks, a, b)
 
         if self.memory_type == 'linear':
-            return [per_chunk(lr * z, d_pre)]
+            return [per_chunk(lr_z, d_pre)]
         d_act = torch.bmm(d_pre, weights[1].transpose(1, 2))
         # derivative of the exact (erf) GELU: Phi(x) + x * phi(x)
         cdf = 0.5 * (1 + torch.erf(hidden * (1 / math.sqrt(2))))
         pdf = torch.exp(-0.5 * hidden.square()) * (1 / math.sqrt(2 * math.pi))
         d_hidden = d_act * (cdf + hidden * pdf)
-        return [per_chunk(lr * z, d_hidden), per_chunk(lr * act, d_pre)]
+        return [per_chunk(lr_z, d_hidden), per_chunk(lr * act, d_pre)]
 
 
 def _segment_weights(log_a):
@@ -191,10 +193,6 @@ def momentum_forgetting(updates, log_eta, log_keep, weight, momentum):
     logs, which stay finite however small eta or keep get.
     """
     G, P = log_eta.shape
-    if P == 1:  # the sequential form: one update, no matrices
-        momentum = torch.addcmul(updates[:, 0], log_eta.exp().view(G, 1, 1), momentum)
-        weight = torch.addcmul(momentum, log_keep.exp().view(G, 1, 1), weight)
-        return weight.unsqueeze(1), momentum
     states = []
     for s in range(0, P, _RUN):
         u = updates[:, s:s + _RUN]
@@ -360,21 +358,33 @@ class NeuralMemory(nn.Module):
         c0 = torch.addcmul(-2 * gamma * beta, k - v, -2 * gamma)
 
         P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
+        lr_k = lr * k
+        if P == 1:
+            # The sequential form runs once per chunk and is bound by the number of small
+            # operations, so its gates are taken out of log space once, before the loop.
+            eta, keep = log_eta.exp().view(G, T, 1, 1).unbind(1), log_keep.exp().view(G, T, 1, 1).unbind(1)
         momentum = [w.new_zeros(w.shape) for w in weights]
         reads = []
         for start in range(0, writes, P):
             p = min(P, writes - start)
             span = slice(start * L, (start + p) * L)
+            if self.read_mode == 'prev' and P == 1:
+                reads.append(self.memory.normalized(weights, q[:, span])[0])
             normed, cache = self.memory.normalized(weights, k[:, span])
             updates = self.memory.chunk_grads(weights, cache, torch.addcmul(c0[:, span], c1, normed),
-                                              lr[:, span], p)
+                                              lr[:, span], p, lr_k[:, span])
             if self.surprise is not None:
                 err = torch.addcmul(k[:, span] - v[:, span] + beta, normed, gamma)
                 self.surprise.append((lr[:, span] * err.square()).view(G, p, -1).sum(-1).detach())
+            if self.grad_clip is not None:
+                updates = [soft_clip(u, self.grad_clip) for u in updates]
+            if P == 1:
+                for i, u in enumerate(updates):
+                    momentum[i] = torch.addcmul(u[:, 0], eta[start], momentum[i])
+                    weights[i] = torch.addcmul(momentum[i], keep[start], weights[i])
+                continue
             states = []
             for i, u in enumerate(updates):
-                if self.grad_clip is not None:
-                    u = soft_clip(u, self.grad_clip)
                 s, momentum[i] = momentum_forgetting(u, log_eta[:, start:start + p],
                                                      log_keep[:, start:start + p], weights[i],
                                                      momentum[i])
