@@ -1,4 +1,5 @@
 """The ConvNeur backbone in pure PyTorch: shapes, gradients, options, precision, errors."""
+import logging
 import math
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.logging import MMLogger
 
 from convneur_mm import ConvNeur, NeuralMemory
 from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
@@ -42,6 +44,51 @@ def test_presets_within_5_percent_of_paper(arch):
     ref = PAPER_COMPLEXITY[arch]
     assert abs(params / ref['params_m'] - 1) <= 0.05, params
     assert abs(flops / ref['flops_g'] - 1) <= 0.05, flops
+
+
+@pytest.mark.parametrize('arch', ['m1', 'm2', 'm3', 'm4'])
+def test_memory_is_a_bottleneck_in_every_stage(arch):
+    model = ConvNeur(arch)
+    for stage, width in zip(model.stages, model.arch['widths']):
+        assert stage.memory.qkv.in_features < width
+    if arch == 'm3':  # the paper's M3 width, where the stages are wide enough for it
+        assert [s.memory.qkv.in_features for s in model.stages[2:]] == [128, 128]
+
+
+def test_arch_dict_takes_one_memory_width_or_one_per_stage():
+    spec = dict(widths=(32, 64, 96, 128), depths=(1, 1, 1, 1), head_dim=16, chunk_size=64,
+                max_lr=1.0)
+    widths = [s.memory.qkv.in_features for s in ConvNeur(dict(spec, memory_dim=16)).stages]
+    assert widths == [16] * 4
+    widths = [s.memory.qkv.in_features
+              for s in ConvNeur(dict(spec, memory_dim=(16, 32, 32, 48))).stages]
+    assert widths == [16, 32, 32, 48]
+    with pytest.raises(ValueError, match=r'memory_dim needs 4 entries.*\(16, 32\)'):
+        ConvNeur(dict(spec, memory_dim=(16, 32)))
+
+
+def test_checkpoint_of_the_old_one_width_preset_is_reported(tmp_path):
+    # M2 before per-stage memory widths: C_m 64 in every stage, depths (3, 3, 4, 3)
+    old = ConvNeur(dict(widths=(48, 96, 192, 384), depths=(3, 3, 4, 3), memory_dim=64,
+                        head_dim=32, chunk_size=196, max_lr=1.0))
+    torch.save({'state_dict': old.state_dict()}, tmp_path / 'old.pth')
+    model = ConvNeur('m2', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'old.pth'),
+                                         prefix=None))
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    MMLogger.get_current_instance().addHandler(handler)
+    try:
+        model.init_weights()
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    text = '\n'.join(messages)
+    assert 'shape mismatches' in text and 'stages.0.memory.reduce.weight' in text
+    assert 'missing keys' in text and 'stages.1.blocks.3.' in text
 
 
 @pytest.mark.parametrize('read_mode', ['prev', 'final'])
@@ -203,16 +250,16 @@ def test_memory_type_mlp_builds_and_trains():
 
 
 def test_get_layer_depth():
-    model = build('m2')  # depths (3, 3, 4, 3): 13 blocks + stem + head = 15 layers
-    assert model.get_layer_depth('backbone.stem.0.weight', 'backbone.') == (0, 15)
-    assert model.get_layer_depth('backbone.stages.0.blocks.0.dwconv.weight', 'backbone.') == (1, 15)
-    assert model.get_layer_depth('backbone.stages.1.downsample.conv.weight', 'backbone.') == (4, 15)
-    assert model.get_layer_depth('backbone.stages.1.memory.qkv.weight', 'backbone.') == (4, 15)
-    assert model.get_layer_depth('backbone.stages.3.blocks.2.gamma', 'backbone.') == (13, 15)
-    assert model.get_layer_depth('backbone.norm3.weight', 'backbone.') == (14, 15)
-    assert model.get_layer_depth('neck.lateral_convs.0.conv.weight', 'backbone.') == (14, 15)
+    model = build('m2')  # depths (3, 4, 4, 3): 14 blocks + stem + head = 16 layers
+    assert model.get_layer_depth('backbone.stem.0.weight', 'backbone.') == (0, 16)
+    assert model.get_layer_depth('backbone.stages.0.blocks.0.dwconv.weight', 'backbone.') == (1, 16)
+    assert model.get_layer_depth('backbone.stages.1.downsample.conv.weight', 'backbone.') == (4, 16)
+    assert model.get_layer_depth('backbone.stages.1.memory.qkv.weight', 'backbone.') == (4, 16)
+    assert model.get_layer_depth('backbone.stages.3.blocks.2.gamma', 'backbone.') == (14, 16)
+    assert model.get_layer_depth('backbone.norm3.weight', 'backbone.') == (15, 16)
+    assert model.get_layer_depth('neck.lateral_convs.0.conv.weight', 'backbone.') == (15, 16)
     depths = [model.get_layer_depth(n)[0] for n, _ in model.named_parameters()]
-    assert min(depths) == 0 and max(depths) == 14
+    assert min(depths) == 0 and max(depths) == 15
 
 
 @pytest.mark.parametrize('kwargs, error, match', [

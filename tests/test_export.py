@@ -1,4 +1,6 @@
 """ONNX export (checked with onnxruntime), torch.jit.trace and torch.compile against eager."""
+import copy
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convneur_mm import ConvNeur
+from convneur_mm import ConvNeur, NeuralMemory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,3 +57,56 @@ def test_torch_compile_matches_eager(chunks_per_group):
     with torch.no_grad():
         for a, b in zip(model(x), compiled(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _compiled_copy(model):
+    compiled = copy.deepcopy(model)
+    for m in compiled.modules():
+        if isinstance(m, NeuralMemory):
+            m.compile = True
+    return compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('chunks_per_group', [1, None])
+def test_compile_memory_matches_eager_forward_and_backward(chunks_per_group):
+    # two chunks in stage 1, one in stage 2: a sequential loop and a one-group scan
+    model = _model(chunks_per_group=chunks_per_group, chunk_size=64, out_indices=(0, 1)).train()
+    compiled = _compiled_copy(model)
+    x = torch.randn(2, 3, 32, 64)
+    outs = [sum(o.square().mean() for o in m(x)) for m in (model, compiled)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-6)
+    for out in outs:
+        out.backward()
+    memories = [m.stages[0].memory for m in (model, compiled)]
+    assert memories[1]._compiled not in (None, False)  # it really ran compiled
+    for (name, a), b in zip(memories[0].named_parameters(), memories[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_compile_memory_runs_eagerly_while_tracing_and_after_a_failed_compile(monkeypatch):
+    model = _model(compile_memory=True)
+    x = torch.randn(1, 3, 64, 96)
+    reference = _model()
+    with torch.no_grad():
+        expected = reference(x)
+        # tracing takes the eager path: nothing is compiled
+        traced = torch.jit.trace(model, x, check_trace=False)
+        assert all(m._compiled is None for m in model.modules() if isinstance(m, NeuralMemory))
+        for a, b in zip(expected, traced(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+        def broken(fn, **kwargs):
+            def run(*args):
+                raise RuntimeError('no C++ compiler here')
+            return run
+        monkeypatch.setattr(torch, 'compile', broken)
+        with pytest.warns(UserWarning, match='torch.compile of NeuralMemory failed.*no C\\+\\+ '
+                                             'compiler here.*eagerly'):
+            out = model(x)
+        for a, b in zip(expected, out):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(m._compiled is False for m in model.modules() if isinstance(m, NeuralMemory))
+    # copies and pickles never carry a compiled function
+    assert copy.deepcopy(model).stages[0].memory._compiled is None
+    assert pickle.loads(pickle.dumps(model)).stages[0].memory._compiled is None

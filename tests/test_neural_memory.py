@@ -173,3 +173,28 @@ def test_single_chunk_is_the_same_under_every_grouping(read_mode):
 def test_bad_chunks_per_group_is_refused(bad):
     with pytest.raises(ValueError, match='chunks_per_group must be an int >= 1'):
         NeuralMemory(16, 16, head_dim=8, chunks_per_group=bad)
+
+
+def test_centred_keys_write_only_what_differs_from_the_image_mean():
+    torch.manual_seed(0)
+    mem = NeuralMemory(16, 16, head_dim=8, chunk_size=8, center_keys=True).double()
+    with torch.no_grad():
+        mem.gates.bias[2 * mem.num_heads:] = -40.0  # no forgetting: only writes change W
+    uniform = torch.randn(1, 16, 1, 1, dtype=torch.float64).expand(1, 16, 4, 6).contiguous()
+
+    def no_write(x):
+        mem.write = False
+        try:
+            return mem(x)
+        finally:
+            mem.write = True
+    # an image of one repeated token: every centred key is 0, so the write changes nothing
+    torch.testing.assert_close(mem(uniform), no_write(uniform), rtol=0, atol=1e-10)
+    # one token that differs is written, and its write reaches every position
+    odd = uniform.clone()
+    odd[..., 2, 3] += torch.randn(16, dtype=torch.float64)
+    change = (mem(odd) - no_write(odd)).abs().amax(1)
+    assert change.min() > 1e-6
+    # without centring the repeated token writes too
+    mem.center_keys = False
+    assert (mem(uniform) - no_write(uniform)).abs().max() > 1e-4

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,46 @@ def test_global_context_scenes_encode_the_rule():
         odd = instances == info['odd']
         assert odd.any() and (labels[odd] == 1).all() and (labels[(instances > 0) & ~odd] == 2).all()
     assert seen_marker == {True, False}
+
+
+def test_global_context_marker_size_and_oracle():
+    gc = _load('global_context', 'tools/global_context.py')
+    images = (np.random.default_rng(1).random((200, 28, 28)) * 255).astype(np.uint8)
+    pool = gc.Pool(images, np.arange(200) % 10)
+    red = {}
+    for side in (12, 48):
+        rng = np.random.default_rng(3)
+        while True:
+            image, _, _, info = gc.compose(rng, pool, 'marker', size=256, num_items=4,
+                                           marker_side=side)
+            if info['marker']:
+                break
+        red[side] = int(((image[..., 0] == 255) & (image[..., 1] == 0)).sum())
+    assert red[12] == 2 * 4 * 12 - 16  # the original cross: arms 4 px wide
+    assert red[48] == 2 * 16 * 48 - 256
+    # the positive control's head gets the largest red-minus-green value of each image
+    probe = gc.build('oracle', 2).eval()
+    x = torch.zeros(2, 3, 64, 64)
+    x[0, 0, 10, 10] = 2.0
+    with torch.no_grad():
+        plain = probe.cls(torch.nn.functional.gelu(probe.hidden(x)))
+        probe.oracle.weight.fill_(1.0)
+        probe.oracle.bias.zero_()
+        told = probe(x)
+    torch.testing.assert_close(told[1], plain[1])  # no red: the oracle adds nothing
+    assert (told[0] - plain[0]).abs().max() > 1e-3
+
+
+def test_global_context_sensitivity_mode():
+    cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--sensitivity', '--size', '128',
+           '--variants', 'memory center', 'local']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    center = next(line for line in lines if line.startswith('memory center'))
+    changes = [float(v.strip(' %')) for v in center.split(maxsplit=2)[2].split('/')]
+    assert len(changes) == 2 and all(c > 0 for c in changes)
+    assert next(line for line in lines if line.startswith('local')).endswith('no memory')
 
 
 def test_global_context_tool_runs_and_resumes(tmp_path):

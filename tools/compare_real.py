@@ -84,6 +84,9 @@ SMALL_CHUNK = {'cls': 16, 'seg': 256, 'det': 256}
 CONVNEUR.update({
     'm1 chunk=small read_mode=final': dict(chunk_size='small'),
     'm1 chunk=small read_mode=prev': dict(chunk_size='small', read_mode='prev'),
+    # Titans' parallel form (every chunk's gradient at the stage's initial memory) against the
+    # sequential one above
+    'm1 chunk=small group=all': dict(chunk_size='small', chunks_per_group=None),
     # not a paper ablation: the residual branches start at 1e-6 (layer scale), which may slow
     # such short from-scratch runs; ConvNeXt-V2 has no layer scale
     'm1 layer_scale=off': dict(layer_scale_init_value=0.),

@@ -4,15 +4,16 @@
     python tools/global_context.py --tasks marker --variants memory local --seeds 0 1 2
     python tools/global_context.py --list                 # what would run
     python tools/global_context.py --summary              # the tables of finished runs only
+    python tools/global_context.py --sensitivity --variants memory "memory center"  # at init
 
 Scenes are S x S canvases (default 384) of real Fashion-MNIST photographs, K items at twice their
 size (56 px), drawn on the fly from disjoint pools: training scenes from the 60k training images,
 validation scenes from test images 0-4999, test scenes from test images 5000-9999. Pixels are
 labelled 0 (background), 1 or 2:
 
-* ``marker``: half the scenes hold a small red cross somewhere. Every item pixel is 1 if its scene
-  holds the cross, else 2, so labelling any item needs the whole scene: the cross is usually
-  farther from it than a local receptive field reaches. Metric: scene accuracy (the majority of a
+* ``marker``: half the scenes hold a red cross (``--marker`` px, default 12) somewhere. Every
+  item pixel is 1 if its scene holds the cross, else 2, so labelling any item needs the whole
+  scene: the cross is usually farther from it than a local receptive field reaches. Metric: scene accuracy (the majority of a
   scene's item pixels decides; chance 0.5).
 * ``odd``: all items but one share a class. The odd item is 1, the others 2. Metric: odd-item
   accuracy (the item with the largest mean 1-vs-2 margin is taken as the odd one; chance 1/K).
@@ -60,10 +61,14 @@ VARIANTS = {
     'memory fusion=add ls=1': dict(DENSE, fusion='add', layer_scale_init_value=1.0),
     'memory cls-settings group=all ls=1': dict(arch='m1', chunks_per_group=None,
                                                layer_scale_init_value=1.0),
+    'memory center': dict(DENSE, center_keys=True),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
+    # positive control of the marker task: the local-only model, whose head is also given the
+    # answer's ingredient, max over the image of (red - green)
+    'oracle': 'oracle',
 }
-DEFAULT_VARIANTS = ('memory', 'local', 'memory cls-settings', 'convnextv2-atto', 'pvtv2-b0')
+DEFAULT_VARIANTS = ('memory', 'memory center', 'local', 'convnextv2-atto', 'pvtv2-b0')
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -96,7 +101,7 @@ def _place(rng, size, sides, gap=4, tries=500):
     return placed
 
 
-def compose(rng, pool, task, size=512, num_items=8):
+def compose(rng, pool, task, size=512, num_items=8, marker_side=MARKER):
     """One scene: (image (S, S, 3) uint8, labels (S, S) uint8, instances (S, S) int16, info)."""
     side = 28 * ITEM_SCALE
     if task == 'odd':  # the last photograph is the odd one
@@ -106,15 +111,16 @@ def compose(rng, pool, task, size=512, num_items=8):
     else:
         index = list(rng.choice(len(pool.images), num_items))
     marker = task == 'marker' and bool(rng.random() < 0.5)
-    boxes = _place(rng, size, [MARKER] * marker + [side] * num_items)
+    boxes = _place(rng, size, [marker_side] * marker + [side] * num_items)
     image = np.zeros((size, size, 3), np.uint8)
     labels = np.zeros((size, size), np.uint8)
     instances = np.zeros((size, size), np.int16)
     if marker:
         y, x, _ = boxes.pop(0)
-        cross = np.zeros((MARKER, MARKER), bool)
-        cross[MARKER // 2 - 2:MARKER // 2 + 2] = cross[:, MARKER // 2 - 2:MARKER // 2 + 2] = True
-        image[y:y + MARKER, x:x + MARKER][cross] = (255, 0, 0)
+        m, arm = marker_side, max(4, marker_side // 3)  # arms a third of the side, >= 4 px
+        cross = np.zeros((m, m), bool)
+        cross[(m - arm) // 2:(m + arm) // 2] = cross[:, (m - arm) // 2:(m + arm) // 2] = True
+        image[y:y + m, x:x + m][cross] = (255, 0, 0)
     # where fewer items found a place, the odd photograph still goes to the last one placed
     index = index[:len(boxes) - 1] + index[-1:] if task == 'odd' else index[:len(boxes)]
     odd = len(boxes) - 1 if task == 'odd' else -1
@@ -128,9 +134,9 @@ def compose(rng, pool, task, size=512, num_items=8):
     return image, labels, instances, dict(marker=marker, odd=odd + 1)
 
 
-def batch(rng, pool, task, n, size):
+def batch(rng, pool, task, n, size, marker_side=MARKER):
     """n scenes as a normalised (n, 3, S, S) tensor, stride-4 labels and instances, and infos."""
-    scenes = [compose(rng, pool, task, size) for _ in range(n)]
+    scenes = [compose(rng, pool, task, size, marker_side=marker_side) for _ in range(n)]
     x = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float()
     x = (x - 64.0) / 96.0
     # labels sampled at the centre of every 4 x 4 cell, where the head predicts
@@ -150,16 +156,36 @@ class Probe(nn.Module):
         self.cls = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
+        return self.cls(F.gelu(self.hidden(x)))
+
+    def hidden(self, x):
         feats = self.backbone(x)
         size = (-(-x.shape[-2] // 4), -(-x.shape[-1] // 4))
-        y = sum(F.interpolate(lat(f), size=size, mode='bilinear', align_corners=False)
-                for lat, f in zip(self.lateral, feats))
-        return self.cls(F.gelu(y))
+        return sum(F.interpolate(lat(f), size=size, mode='bilinear', align_corners=False)
+                   for lat, f in zip(self.lateral, feats))
+
+
+class OracleProbe(Probe):
+    """A probe whose head also gets one global number per image: the largest red-minus-green
+    value, which tells a scene with the (red) marker from one without. Not a model: a check that
+    the task and the training loop work once the global bit reaches the head."""
+
+    def __init__(self, backbone, channels, width=64, num_classes=3):
+        super().__init__(backbone, channels, width, num_classes)
+        self.oracle = nn.Conv2d(1, width, 1)
+
+    def forward(self, x):
+        y = self.hidden(x)
+        bit = (x[:, 0] - x[:, 1]).amax((1, 2)).view(-1, 1, 1, 1).expand(-1, 1, *y.shape[-2:])
+        return self.cls(F.gelu(y + self.oracle(bit)))
 
 
 def build(variant, stages):
     spec = VARIANTS[variant]
     out = tuple(range(stages))
+    if spec == 'oracle':
+        local = build('local', stages)
+        return OracleProbe(local.backbone, local.backbone.out_channels)
     if isinstance(spec, dict):
         from convneur_mm import ConvNeur
         backbone = ConvNeur(out_indices=out, **spec)
@@ -189,8 +215,8 @@ def evaluate(model, pool, task, split_id, args, num_scenes=None):
     for start in range(0, num_scenes, args.batch):
         n = min(args.batch, num_scenes - start)
         # the same scenes for every run: one generator per scene index
-        scenes = [compose(np.random.default_rng([split_id, start + i]), pool, task, args.size)
-                  for i in range(n)]
+        scenes = [compose(np.random.default_rng([split_id, start + i]), pool, task, args.size,
+                          marker_side=args.marker) for i in range(n)]
         x = (torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float()
              - 64.0) / 96.0
         logits = model(x)
@@ -236,12 +262,12 @@ def train_one(task, variant, seed, args):
     warmup = max(1, args.iters // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, i / args.iters))))
-    probe_x = batch(np.random.default_rng([9, 9]), pools['val'], task, 2, args.size)[0]
+    probe_x = batch(np.random.default_rng([9, 9]), pools['val'], task, 2, args.size, args.marker)[0]
     strength_init = memory_write_strength(model, probe_x)
     curve, val_curve, t0 = [], [], time.perf_counter()
     running = None
     for it in range(args.iters):
-        x, labels, _, _ = batch(rng, pools['train'], task, args.batch, args.size)
+        x, labels, _, _ = batch(rng, pools['train'], task, args.batch, args.size, args.marker)
         loss = F.cross_entropy(model(x), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,9 +295,50 @@ def train_one(task, variant, seed, args):
                 write_strength_final=memory_write_strength(model, probe_x))
 
 
+@torch.no_grad()
+def cross_sensitivity(variant, args, num_scenes=4):
+    """At initialisation: how much each stage's global map G changes at the items' positions
+    when the marker is erased from a scene, relative to G there (mean over scenes).
+
+    This is the signal a marker-task gradient starts from: a global branch that barely responds
+    to the cross gives gradients that barely separate the two labels.
+    """
+    from convneur_mm import NeuralMemory
+    torch.manual_seed(0)
+    model = build(variant, args.stages).eval()
+    memories = [m for m in model.backbone.modules() if isinstance(m, NeuralMemory)]
+    if not memories:
+        return None
+    pool = load_pools(args.cache)['val']
+    grabbed = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: grabbed.__setitem__(k, o))
+             for k, m in enumerate(memories)]
+    change = [[] for _ in memories]
+    index = 0
+    while len(change[0]) < num_scenes:
+        image, labels, _, info = compose(np.random.default_rng([3, index]), pool, 'marker',
+                                         args.size, marker_side=args.marker)
+        index += 1
+        if not info['marker']:
+            continue
+        erased = image.copy()
+        erased[(image[..., 0] == 255) & (image[..., 1] == 0)] = 0
+        x = (torch.from_numpy(np.stack([image, erased])).permute(0, 3, 1, 2).float() - 64) / 96
+        model(x)
+        for k, g in grabbed.items():
+            stride = args.size // g.shape[-1]
+            item = torch.from_numpy(labels[stride // 2::stride, stride // 2::stride] > 0)
+            item = item[:g.shape[-2], :g.shape[-1]]
+            change[k].append(float((g[0] - g[1])[:, item].norm() / g[1][:, item].norm()))
+    for h in hooks:
+        h.remove()
+    return [float(np.mean(c)) for c in change]
+
+
 # ----------------------------------------------------------------------------- driver
 def result_path(args, task, variant, seed):
-    return osp.join(args.work_dir, f'stages{args.stages}-{args.size}', task,
+    marker = '' if args.marker == MARKER else f'-marker{args.marker}'
+    return osp.join(args.work_dir, f'stages{args.stages}-{args.size}{marker}', task,
                     variant.replace(' ', '_').replace('=', '-'), f'seed{seed}.json')
 
 
@@ -316,6 +383,8 @@ def main():
     parser.add_argument('--stages', type=int, default=2, choices=(2, 4),
                         help='2: the high-resolution probe (out_indices (0, 1)); 4: full backbone')
     parser.add_argument('--size', type=int, default=384, help='canvas side (default 384)')
+    parser.add_argument('--marker', type=int, default=MARKER,
+                        help=f'side of the marker task\'s cross in pixels (default {MARKER})')
     parser.add_argument('--iters', type=int, default=800)
     parser.add_argument('--scale', type=float, default=1.0, help='multiplies --iters')
     parser.add_argument('--batch', type=int, default=8)
@@ -330,6 +399,10 @@ def main():
         'CONVNEUR_CACHE', str(Path.home() / '.cache' / 'convneur-mm')) + '/downloads')
     parser.add_argument('--list', action='store_true', help='print the runs and exit')
     parser.add_argument('--summary', action='store_true', help='print the tables and exit')
+    parser.add_argument('--sensitivity', action='store_true',
+                        help='print, per variant at initialisation, how much each memory\'s map '
+                             'changes at the items when the marker is erased (marker task), '
+                             'and exit')
     parser.add_argument('--single', nargs=3, metavar=('TASK', 'VARIANT', 'SEED'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,7 +411,18 @@ def main():
         parser.error(f'unknown variants {unknown}; expected any of {list(VARIANTS)}')
     if args.size < 64 or args.iters < 1 or args.batch < 1 or args.scale <= 0:
         parser.error('--size must be >= 64, --iters and --batch >= 1, --scale > 0')
+    if not 4 <= args.marker <= args.size // 4:
+        parser.error(f'--marker must be between 4 and a quarter of --size, got {args.marker}')
     args.iters = max(1, round(args.iters * args.scale))
+
+    if args.sensitivity:
+        print(f'relative change of G at item positions when the marker is erased, at '
+              f'initialisation, {args.size}x{args.size} (mean of 4 validation scenes)')
+        for variant in args.variants:
+            change = cross_sensitivity(variant, args)
+            print(f'{variant:<36} ' + ('no memory' if change is None else
+                                       ' / '.join(f'{100 * c:.2f}%' for c in change)), flush=True)
+        return
 
     if args.single:
         task, variant, seed = args.single
@@ -367,7 +451,7 @@ def main():
             path = result_path(args, *job)
             os.makedirs(osp.dirname(path), exist_ok=True)
             cmd = [sys.executable, osp.abspath(__file__), '--single', task, variant, str(seed)]
-            for key in ('stages', 'size', 'iters', 'batch', 'lr', 'eval_scenes', 'log_every',
+            for key in ('stages', 'size', 'marker', 'iters', 'batch', 'lr', 'eval_scenes', 'log_every',
                         'eval_every', 'work_dir', 'cache'):
                 cmd += [f'--{key.replace("_", "-")}', str(getattr(args, key))]
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
@@ -387,7 +471,8 @@ def main():
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(one, pending))
     table = summarize(args, jobs)
-    out = osp.join(args.work_dir, f'stages{args.stages}-{args.size}', 'results.md')
+    out = osp.join(osp.dirname(osp.dirname(osp.dirname(result_path(args, *jobs[0])))),
+                   'results.md')
     os.makedirs(osp.dirname(out), exist_ok=True)
     Path(out).write_text(table + '\n')
     print(table)

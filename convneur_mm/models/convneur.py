@@ -170,7 +170,8 @@ class ConvNeur(BaseModule):
     Args:
         arch (str | dict): ``'m1'``, ``'m2'``, ``'m3'``, ``'m4'`` or a dict with the keys of
             :attr:`arch_zoo` entries (``widths``, ``depths``, ``memory_dim``, ``head_dim``,
-            ``chunk_size``, ``max_lr``).
+            ``chunk_size``, ``max_lr``); ``memory_dim`` is one C_m per stage, or one int for
+            every stage.
         in_channels (int): input image channels. Default: 3.
         out_indices (int | Sequence[int]): stages whose outputs are returned (0-3, negative
             counts from the end). Default: (0, 1, 2, 3).
@@ -201,6 +202,10 @@ class ConvNeur(BaseModule):
             sequential; None: one group per stage, titans_pytorch's default.
         grad_clip (float | None): soft norm clip of every chunk's inner gradient; None (default,
             as in titans_pytorch): no clip.
+        center_keys (bool): write every token in proportion to how far its key is from the
+            image's mean key (see :class:`NeuralMemory`). Default: False.
+        compile_memory (bool): run every memory through ``torch.compile`` (compiled on the
+            first call; eager while tracing or exporting). Default: False.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -214,15 +219,18 @@ class ConvNeur(BaseModule):
 
     # One table for the presets. Fitted so that, with a 1000-class linear head, parameters and
     # FLOPs at 224x224 are within 5% of the paper (tools/analysis/model_complexity.py prints them).
+    # The memory width C_m is per stage and below the stage's width everywhere (the paper's
+    # bottleneck), with M3's C_m = 128 in stages 3-4; M2 and M3 took back the FLOPs that narrower
+    # stage-1/2 memories freed as one or two more high-resolution blocks.
     arch_zoo = {
-        'm1': dict(widths=(40, 80, 160, 280), depths=(2, 2, 8, 3), memory_dim=32, head_dim=32,
-                   chunk_size=196, max_lr=1.0),
-        'm2': dict(widths=(48, 96, 192, 384), depths=(3, 3, 4, 3), memory_dim=64, head_dim=32,
-                   chunk_size=196, max_lr=1.0),
-        'm3': dict(widths=(56, 112, 224, 560), depths=(2, 2, 9, 2), memory_dim=128, head_dim=32,
-                   chunk_size=196, max_lr=1.0),
-        'm4': dict(widths=(80, 160, 320, 560), depths=(2, 2, 9, 3), memory_dim=128, head_dim=32,
-                   chunk_size=196, max_lr=1.0),
+        'm1': dict(widths=(40, 80, 160, 280), depths=(2, 2, 8, 3), memory_dim=(32, 32, 32, 32),
+                   head_dim=32, chunk_size=196, max_lr=1.0),
+        'm2': dict(widths=(48, 96, 192, 384), depths=(3, 4, 4, 3), memory_dim=(32, 64, 64, 64),
+                   head_dim=32, chunk_size=196, max_lr=1.0),
+        'm3': dict(widths=(56, 112, 224, 560), depths=(3, 4, 9, 2),
+                   memory_dim=(32, 64, 128, 128), head_dim=32, chunk_size=196, max_lr=1.0),
+        'm4': dict(widths=(80, 160, 320, 560), depths=(2, 2, 9, 3),
+                   memory_dim=(64, 128, 128, 128), head_dim=32, chunk_size=196, max_lr=1.0),
     }
     default_init_cfg = [
         dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=0.02, bias=0.0),
@@ -234,7 +242,8 @@ class ConvNeur(BaseModule):
                  norm_eval=False, with_cp=False, drop_path_rate=0.0, layer_scale_init_value=1e-6,
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
-                 chunks_per_group=1, grad_clip=None, gap_before_final_norm=False, init_cfg=None):
+                 chunks_per_group=1, grad_clip=None, center_keys=False, compile_memory=False,
+                 gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
         widths, depths = self.arch['widths'], self.arch['depths']
@@ -254,11 +263,11 @@ class ConvNeur(BaseModule):
         self.norm_eval = norm_eval
         self.gap_before_final_norm = gap_before_final_norm
         memory_cfg = dict(
-            memory_dim=self.arch['memory_dim'], head_dim=self.arch['head_dim'],
+            head_dim=self.arch['head_dim'],
             chunk_size=self.arch['chunk_size'] if chunk_size is None else chunk_size,
             max_lr=self.arch['max_lr'] if max_lr is None else max_lr,
             read_mode=read_mode, memory_type=memory_type, chunks_per_group=chunks_per_group,
-            grad_clip=grad_clip)
+            grad_clip=grad_clip, center_keys=center_keys, compile=compile_memory)
 
         self.stem = Stem(in_channels, widths[0])
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -270,7 +279,8 @@ class ConvNeur(BaseModule):
             self.stages.append(ConvNeurStage(
                 widths[i - 1] if i else widths[0], widths[i], depths[i], downsample=i > 0,
                 drop_paths=dpr[start:start + depths[i]], memory_placement=memory_placement,
-                memory_cfg=memory_cfg, with_cp=with_cp, fusion=fusion, kernel_size=kernel_size,
+                memory_cfg=dict(memory_cfg, memory_dim=self.arch['memory_dim'][i]),
+                with_cp=with_cp, fusion=fusion, kernel_size=kernel_size,
                 mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
         # Output norms only for the requested stages: an unused norm would be an unused
         # parameter under DDP.
@@ -294,9 +304,12 @@ class ConvNeur(BaseModule):
             if missing:
                 raise ValueError(f'arch dict is missing keys {missing}; expected {cls.arch_keys}')
             arch = {k: arch[k] for k in cls.arch_keys}
-            if len(arch['widths']) != cls.num_stages or len(arch['depths']) != cls.num_stages:
-                raise ValueError(f'arch widths and depths need {cls.num_stages} entries each, got '
-                                 f'{arch["widths"]!r} and {arch["depths"]!r}')
+            if isinstance(arch['memory_dim'], int):
+                arch['memory_dim'] = (arch['memory_dim'],) * cls.num_stages
+            for key in ('widths', 'depths', 'memory_dim'):
+                if len(arch[key]) != cls.num_stages:
+                    raise ValueError(f'arch {key} needs {cls.num_stages} entries (memory_dim may '
+                                     f'also be one int for every stage), got {arch[key]!r}')
             return arch
         raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
 

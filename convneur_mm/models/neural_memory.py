@@ -25,6 +25,7 @@ loop is an ordinary differentiable graph: it works with checkpointing, tracing, 
 and the outer optimiser trains the projections, the gates and the learned initial weights through it.
 """
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -231,6 +232,14 @@ class NeuralMemory(nn.Module):
             input (titans_pytorch's default ``batch_size=None``).
         grad_clip (float | None): if set, m of a soft norm clip applied to every chunk's
             gradient. None (default, as in titans_pytorch): no clip.
+        center_keys (bool): subtract the image's mean key from every (unit) key, so that a
+            token writes in proportion to how much it differs from the image's average token.
+            Not in Titans.
+        compile (bool): run this memory through ``torch.compile`` (compiled on its first call,
+            per module, never on import). The memory is many small tensor operations, and
+            fusing them is where its time goes; the eager path runs instead while tracing,
+            exporting to ONNX, recording ``surprise``, inside an outer ``torch.compile``, and
+            after a failed compilation (with a warning). Outputs match the eager path.
 
     Shape:
         x: (B, C, H, W) -> G: (B, C, H, W), the logits of the gate A = sigmoid(G).
@@ -238,7 +247,7 @@ class NeuralMemory(nn.Module):
 
     def __init__(self, in_channels, memory_dim, head_dim=32, chunk_size=196, max_lr=1.0,
                  read_mode='final', memory_type='linear', mlp_ratio=2, chunks_per_group=1,
-                 grad_clip=None):
+                 grad_clip=None, center_keys=False, compile=False):
         super().__init__()
         if memory_dim % head_dim:
             raise ValueError(f'memory_dim={memory_dim} must be a multiple of head_dim={head_dim}')
@@ -262,6 +271,9 @@ class NeuralMemory(nn.Module):
         self.read_mode = read_mode
         self.chunks_per_group = chunks_per_group
         self.grad_clip = grad_clip
+        self.center_keys = bool(center_keys)
+        self.compile = bool(compile)
+        self._compiled = None  # built on the first compiled call, never saved or copied
         # Switched off by convneur_mm.analysis.memory_stats to measure what the write contributes.
         self.write = True
         # Set to a list to collect every chunk's inner loss ("surprise"), a (G, P) tensor per group.
@@ -292,15 +304,44 @@ class NeuralMemory(nn.Module):
         return (f'heads={self.num_heads}, head_dim={self.head_dim}, chunk_size={self.chunk_size}, '
                 f'max_lr={self.max_lr}, read_mode={self.read_mode!r}, '
                 f'memory_type={self.memory.memory_type!r}, '
-                f'chunks_per_group={self.chunks_per_group}, grad_clip={self.grad_clip}')
+                f'chunks_per_group={self.chunks_per_group}, grad_clip={self.grad_clip}, '
+                f'center_keys={self.center_keys}, compile={self.compile}')
+
+    def __getstate__(self):
+        # the compiled function refers back to this module: a copy or an unpickled module
+        # compiles its own
+        return dict(super().__getstate__(), _compiled=None)
 
     def forward(self, x):
+        """(B, C, H, W) -> (B, C, H, W): see the class docstring."""
+        if self.compile and self._compiled is not False and not self._must_run_eagerly():
+            if self._compiled is None:
+                self._compiled = torch.compile(self._forward, dynamic=None)
+            try:
+                return self._compiled(x)
+            except Exception as error:
+                # a missing C++ compiler, an unsupported backend: the eager path always works
+                warnings.warn(f'torch.compile of NeuralMemory failed ({type(error).__name__}: '
+                              f'{str(error).splitlines()[0] if str(error) else ""}); running '
+                              f'it eagerly from now on')
+                self._compiled = False
+        return self._forward(x)
+
+    def _must_run_eagerly(self):
+        return (torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+                or self.surprise is not None)
+
+    def _forward(self, x):
         B, _, H, W = x.shape
         N, nh, d = H * W, self.num_heads, self.head_dim
         tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))  # (B, N, C_m), raster order
         q, k, v = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4).unbind(0)
         q = F.normalize(q, dim=-1).reshape(B * nh, N, d)
-        k = F.normalize(k, dim=-1).reshape(B * nh, N, d)
+        k = F.normalize(k, dim=-1)
+        if self.center_keys:
+            k = k - k.mean(2, keepdim=True)
+        k = k.reshape(B * nh, N, d)
         v = v.reshape(B * nh, N, d)
 
         # The memory state, its gates and its updates stay in fp32 under autocast: the state is
