@@ -198,3 +198,10 @@ def test_centred_keys_write_only_what_differs_from_the_image_mean():
     # without centring the repeated token writes too
     mem.center_keys = False
     assert (mem(uniform) - no_write(uniform)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize('name', ['center_keys', 'compile'])
+@pytest.mark.parametrize('bad', ['no', 1, None])
+def test_bool_switches_refuse_other_values(name, bad):
+    with pytest.raises(ValueError, match=f'{name} must be True or False, got {bad!r}'):
+        NeuralMemory(16, 16, head_dim=8, **{name: bad})

@@ -262,6 +262,9 @@ class NeuralMemory(nn.Module):
                 or chunks_per_group < 1):
             raise ValueError(f'chunks_per_group must be an int >= 1 (1: sequential) or None (one '
                              f'group per input), got {chunks_per_group!r}')
+        for name, value in (('center_keys', center_keys), ('compile', compile)):
+            if not isinstance(value, bool):
+                raise ValueError(f'{name} must be True or False, got {value!r}')
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f'grad_clip must be None (no clip) or > 0, got {grad_clip!r}')
         self.num_heads = memory_dim // head_dim
@@ -271,8 +274,8 @@ class NeuralMemory(nn.Module):
         self.read_mode = read_mode
         self.chunks_per_group = chunks_per_group
         self.grad_clip = grad_clip
-        self.center_keys = bool(center_keys)
-        self.compile = bool(compile)
+        self.center_keys = center_keys
+        self.compile = compile
         self._compiled = None  # built on the first compiled call, never saved or copied
         # Switched off by convneur_mm.analysis.memory_stats to measure what the write contributes.
         self.write = True
