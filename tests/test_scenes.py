@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from convneur_mm import scenes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,45 +63,45 @@ def test_scenes_are_byte_identical_across_runs(scenes_root, tmp_path):
 
 
 def test_scene_pixels_come_from_the_given_photographs():
-    prepare = _load('prepare_data', 'tools/prepare_data.py')
     images = np.arange(30, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2) + 30
     labels = np.arange(30) % 10
     rng = np.random.default_rng(0)
-    canvas, items = prepare.compose_scene(rng, images, labels, 256)
+    canvas, items = scenes.compose_scene(rng, scenes.Pool(images, labels), 256)
     values = set(np.unique(canvas)) - {0}
     # every painted pixel comes from one of the given photographs
     assert values and values <= set(range(30, 60))
 
 
 def test_global_context_scenes_encode_the_rule():
-    gc = _load('global_context', 'tools/global_context.py')
     rng = np.random.default_rng(0)
     images = (np.random.default_rng(1).random((200, 28, 28)) * 255).astype(np.uint8)
-    pool = gc.Pool(images, np.arange(200) % 10)
+    pool = scenes.Pool(images, np.arange(200) % 10)
     seen_marker = set()
     for _ in range(20):
-        image, labels, instances, info = gc.compose(rng, pool, 'marker', size=256, num_items=4)
+        image, labels, instances, info = scenes.compose_task_scene(rng, pool, 'marker', 256, 4)
         items = labels[labels > 0]
         assert set(items) == {1 if info['marker'] else 2}
         red = (image[..., 0] == 255) & (image[..., 1] == 0)  # items are grey, the marker red
         assert red.any() == info['marker']
         seen_marker.add(info['marker'])
-        image, labels, instances, info = gc.compose(rng, pool, 'odd', size=256, num_items=4)
+        image, labels, instances, info = scenes.compose_task_scene(rng, pool, 'odd', 256, 4)
         odd = instances == info['odd']
         assert odd.any() and (labels[odd] == 1).all() and (labels[(instances > 0) & ~odd] == 2).all()
     assert seen_marker == {True, False}
+    with pytest.raises(ValueError, match="task must be one of \\['marker', 'odd'\\]"):
+        scenes.compose_task_scene(rng, pool, 'count', 256, 4)
 
 
 def test_global_context_marker_size_and_oracle():
     gc = _load('global_context', 'tools/global_context.py')
     images = (np.random.default_rng(1).random((200, 28, 28)) * 255).astype(np.uint8)
-    pool = gc.Pool(images, np.arange(200) % 10)
+    pool = scenes.Pool(images, np.arange(200) % 10)
     red = {}
     for side in (12, 48):
         rng = np.random.default_rng(3)
         while True:
-            image, _, _, info = gc.compose(rng, pool, 'marker', size=256, num_items=4,
-                                           marker_side=side)
+            image, _, _, info = scenes.compose_task_scene(rng, pool, 'marker', 256, 4,
+                                                          marker_side=side)
             if info['marker']:
                 break
         red[side] = int(((image[..., 0] == 255) & (image[..., 1] == 0)).sum())

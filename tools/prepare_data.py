@@ -39,17 +39,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from convneur_mm.scenes import FASHION_CLASSES, SCENE_SIZES, compose_scene, split_pools
+
 STARDIST = 'stardist==0.9.2'
 FASHION_DEB = 'dataset-fashion-mnist'
-FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-                   'Sneaker', 'Bag', 'Ankle boot')
 TILE, STRIDE, VAL_X = 128, 64, 384
 MIN_AREA = 12  # px; smaller fragments are nuclei cut by a tile border
 VERSION = 1    # bump when the output changes, so stale folders are rebuilt
-SCENE_SIZES = (256, 320, 384, 448, 512)
-SCENE_ITEMS = (4, 12)        # items per scene, before the ones that do not fit
-SCENE_SCALES = (1.5, 3.5)    # item side = 28 px times this
-SCENE_MAX_OVERLAP = 0.2      # of the smaller box, between any two items
 SCENE_COUNTS = dict(train=2000, val=500, test=500)
 
 
@@ -205,56 +201,18 @@ def prepare_fashion_mnist(out, cache, per_class):
 
 
 # ----------------------------------------------------------------------------- fashion scenes
-def compose_scene(rng, images, labels, size):
-    """One scene from the photographs ``images`` (n, 28, 28) with ``labels``.
-
-    Returns the (size, size) uint8 canvas and a list of (class, visible mask) per item, in paint
-    order (a later item hides what it covers of an earlier one).
-    """
-    from PIL import Image
-    canvas = np.zeros((size, size), np.uint8)
-    owner = np.zeros((size, size), np.int16)  # 1 + index of the item that shows at a pixel
-    boxes, items = [], []
-    for _ in range(rng.integers(SCENE_ITEMS[0], SCENE_ITEMS[1] + 1)):
-        side = int(round(28 * rng.uniform(*SCENE_SCALES)))
-        for _ in range(50):
-            y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
-            if all(_overlap((y, x, side), b) <= SCENE_MAX_OVERLAP for b in boxes):
-                break
-        else:
-            continue  # no room left for an item of this size
-        index = int(rng.integers(len(images)))
-        patch = np.asarray(Image.fromarray(images[index]).resize((side, side), Image.BILINEAR))
-        silhouette = patch > 25
-        canvas[y:y + side, x:x + side][silhouette] = patch[silhouette]
-        owner[y:y + side, x:x + side][silhouette] = len(items) + 1
-        boxes.append((y, x, side))
-        items.append(int(labels[index]))
-    return canvas, [(c, owner == i + 1) for i, c in enumerate(items)]
-
-
-def _overlap(a, b):
-    """Intersection of two squares (y, x, side), as a fraction of the smaller one."""
-    dy = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    dx = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
-    return max(dy, 0) * max(dx, 0) / min(a[2], b[2]) ** 2
-
-
 def prepare_fashion_scenes(out, cache, counts):
-    arrays = load_fashion_mnist(cache)
-    test_images, test_labels = arrays['t10k']
-    pools = dict(train=arrays['train'], val=(test_images[:5000], test_labels[:5000]),
-                 test=(test_images[5000:], test_labels[5000:]))
+    pools = split_pools(load_fashion_mnist(cache))
     categories = [dict(id=i + 1, name=n, supercategory='fashion')
                   for i, n in enumerate(FASHION_CLASSES)]
-    for split_id, (split, (images, labels)) in enumerate(pools.items()):
+    for split_id, (split, pool) in enumerate(pools.items()):
         (out / 'images' / split).mkdir(parents=True)
         (out / 'semantic' / split).mkdir(parents=True)
         records, annotations = [], []
         for n in range(counts[split]):
             rng = np.random.default_rng([split_id, n])  # a scene depends on its index only
             size = int(rng.choice(SCENE_SIZES))
-            canvas, items = compose_scene(rng, images, labels, size)
+            canvas, items = compose_scene(rng, pool, size)
             name = f'{split}_{n:05d}.png'
             semantic = np.zeros((size, size), np.uint8)
             image_id = n + 1

@@ -1,0 +1,327 @@
+"""Fashion-MNIST scenes: canvases of real photographs, for the scenes benchmark and for the
+global-context probes of the neural memory.
+
+Two composers, one place for their rules:
+
+* :func:`compose_scene` paints the benchmark scenes of ``data/fashion_scenes``
+  (``tools/prepare_data.py``): 4-12 items at 1.5-3.5x, little overlap, one class per item.
+* :func:`compose_task_scene` paints the global-context tasks (``tools/global_context.py``):
+  items at 2x with no overlap, labelled by a rule over the whole scene.
+
+Both draw photographs from :func:`split_pools`: training scenes from the 60k training images,
+validation scenes from test images 0-4999 and test scenes from 5000-9999, so no photograph is
+shared between splits. The probes (:class:`Probe`, :class:`OracleProbe`), their training loop
+(:func:`train_probe`), their evaluation (:func:`evaluate_probe`) and the memory's response to the
+marker (:func:`marker_sensitivity`) live here too, so the tools only choose models and runs.
+
+Needs numpy, torch and PIL; nothing of OpenMMLab.
+"""
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                   'Sneaker', 'Bag', 'Ankle boot')
+SILHOUETTE = 25  # a photograph's pixels above this grey level are the item, the rest background
+
+# the benchmark scenes
+SCENE_SIZES = (256, 320, 384, 448, 512)
+SCENE_ITEMS = (4, 12)        # items per scene, before the ones that do not fit
+SCENE_SCALES = (1.5, 3.5)    # item side = 28 px times this
+SCENE_MAX_OVERLAP = 0.2      # of the smaller box, between any two items
+
+# the global-context tasks
+TASKS = {'marker': 'scene accuracy', 'odd': 'odd-item accuracy'}
+ITEM_SCALE = 2
+MARKER = 12  # the marker's side in pixels
+
+
+class Pool:
+    """Images (n, 28, 28) uint8 and labels (n,) that one split's scenes draw from."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+        self.by_class = [np.nonzero(labels == c)[0] for c in range(10)]
+
+
+def split_pools(arrays):
+    """``{'train': Pool, 'val': Pool, 'test': Pool}`` from ``{'train': (images, labels), 't10k':
+    (images, labels)}`` (``tools/prepare_data.py``'s ``load_fashion_mnist``)."""
+    test_images, test_labels = arrays['t10k']
+    return dict(train=Pool(*arrays['train']), val=Pool(test_images[:5000], test_labels[:5000]),
+                test=Pool(test_images[5000:], test_labels[5000:]))
+
+
+# ----------------------------------------------------------------------------- benchmark scenes
+def compose_scene(rng, pool, size):
+    """One benchmark scene from ``pool``.
+
+    Returns the (size, size) uint8 canvas and a list of (class, visible mask) per item, in paint
+    order (a later item hides what it covers of an earlier one).
+    """
+    from PIL import Image
+    canvas = np.zeros((size, size), np.uint8)
+    owner = np.zeros((size, size), np.int16)  # 1 + index of the item that shows at a pixel
+    boxes, items = [], []
+    for _ in range(rng.integers(SCENE_ITEMS[0], SCENE_ITEMS[1] + 1)):
+        side = int(round(28 * rng.uniform(*SCENE_SCALES)))
+        for _ in range(50):
+            y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            if all(_overlap((y, x, side), b) <= SCENE_MAX_OVERLAP for b in boxes):
+                break
+        else:
+            continue  # no room left for an item of this size
+        index = int(rng.integers(len(pool.images)))
+        patch = np.asarray(Image.fromarray(pool.images[index]).resize((side, side), Image.BILINEAR))
+        silhouette = patch > SILHOUETTE
+        canvas[y:y + side, x:x + side][silhouette] = patch[silhouette]
+        owner[y:y + side, x:x + side][silhouette] = len(items) + 1
+        boxes.append((y, x, side))
+        items.append(int(pool.labels[index]))
+    return canvas, [(c, owner == i + 1) for i, c in enumerate(items)]
+
+
+def _overlap(a, b):
+    """Intersection of two squares (y, x, side), as a fraction of the smaller one."""
+    dy = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    dx = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
+    return max(dy, 0) * max(dx, 0) / min(a[2], b[2]) ** 2
+
+
+# ----------------------------------------------------------------------------- global-context tasks
+def _place(rng, size, sides, gap=4, tries=500):
+    """Top-left corners of non-overlapping squares of the given sides (fewer if they do not fit)."""
+    placed = []
+    for side in sides:
+        for _ in range(tries):
+            y, x = rng.integers(0, size - side + 1, 2)
+            if all(y + side + gap <= py or py + ps + gap <= y or x + side + gap <= px
+                   or px + ps + gap <= x for py, px, ps in placed):
+                placed.append((int(y), int(x), side))
+                break
+    return placed
+
+
+def compose_task_scene(rng, pool, task, size=512, num_items=8, marker_side=MARKER):
+    """One global-context scene: (image (S, S, 3) uint8, labels (S, S) uint8, instances (S, S)
+    int16, info). Labels are 0 (background), 1 or 2:
+
+    * ``marker``: half the scenes hold a red cross of side ``marker_side``; every item pixel is 1
+      if the scene holds it, else 2.
+    * ``odd``: all items but one share a class; the odd item is 1, the others 2.
+    """
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {list(TASKS)}, got {task!r}')
+    side = 28 * ITEM_SCALE
+    if task == 'odd':  # the last photograph is the odd one
+        common, odd_class = rng.choice(10, 2, replace=False)
+        index = list(rng.choice(pool.by_class[common], num_items - 1)) + \
+            [rng.choice(pool.by_class[odd_class])]
+    else:
+        index = list(rng.choice(len(pool.images), num_items))
+    marker = task == 'marker' and bool(rng.random() < 0.5)
+    boxes = _place(rng, size, [marker_side] * marker + [side] * num_items)
+    image = np.zeros((size, size, 3), np.uint8)
+    labels = np.zeros((size, size), np.uint8)
+    instances = np.zeros((size, size), np.int16)
+    if marker:
+        y, x, _ = boxes.pop(0)
+        m, arm = marker_side, max(4, marker_side // 3)  # arms a third of the side, >= 4 px
+        cross = np.zeros((m, m), bool)
+        cross[(m - arm) // 2:(m + arm) // 2] = cross[:, (m - arm) // 2:(m + arm) // 2] = True
+        image[y:y + m, x:x + m][cross] = (255, 0, 0)
+    # where fewer items found a place, the odd photograph still goes to the last one placed
+    index = index[:len(boxes) - 1] + index[-1:] if task == 'odd' else index[:len(boxes)]
+    odd = len(boxes) - 1 if task == 'odd' else -1
+    for j, (y, x, _) in enumerate(boxes):
+        patch = np.kron(pool.images[index[j]], np.ones((ITEM_SCALE, ITEM_SCALE), np.uint8))
+        mask = patch > SILHOUETTE
+        image[y:y + side, x:x + side][mask] = patch[mask][:, None]
+        instances[y:y + side, x:x + side][mask] = j + 1
+        label = (1 if marker else 2) if task == 'marker' else (1 if j == odd else 2)
+        labels[y:y + side, x:x + side][mask] = label
+    return image, labels, instances, dict(marker=marker, odd=odd + 1)
+
+
+def to_input(images):
+    """(n, S, S, 3) uint8 scenes -> the normalised (n, 3, S, S) float input of the probes."""
+    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() - 64.0) / 96.0
+
+
+def task_batch(rng, pool, task, n, size, marker_side=MARKER):
+    """n scenes: the (n, 3, S, S) input, stride-4 labels and instances, and the infos."""
+    scenes = [compose_task_scene(rng, pool, task, size, marker_side=marker_side)
+              for _ in range(n)]
+    # labels sampled at the centre of every 4 x 4 cell, where the head predicts
+    labels = torch.from_numpy(np.stack([s[1][2::4, 2::4] for s in scenes])).long()
+    instances = torch.from_numpy(np.stack([s[2][2::4, 2::4] for s in scenes])).long()
+    return to_input([s[0] for s in scenes]), labels, instances, [s[3] for s in scenes]
+
+
+# ----------------------------------------------------------------------------- probes
+class Probe(nn.Module):
+    """A backbone + a light dense head (a 1x1 conv per map, upsampled to stride 4 and summed):
+    (B, 3, S, S) -> (B, num_classes, S/4, S/4) logits."""
+
+    def __init__(self, backbone, channels, width=64, num_classes=3):
+        super().__init__()
+        self.backbone = backbone
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.cls = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        return self.cls(F.gelu(self.hidden(x)))
+
+    def hidden(self, x):
+        feats = self.backbone(x)
+        size = (-(-x.shape[-2] // 4), -(-x.shape[-1] // 4))
+        return sum(F.interpolate(lat(f), size=size, mode='bilinear', align_corners=False)
+                   for lat, f in zip(self.lateral, feats))
+
+
+class OracleProbe(Probe):
+    """A probe whose head also gets one global number per image: the largest red-minus-green
+    value, which tells a scene with the (red) marker from one without. Not a model: a check that
+    the task and the training loop work once the global bit reaches the head."""
+
+    def __init__(self, backbone, channels, width=64, num_classes=3):
+        super().__init__(backbone, channels, width, num_classes)
+        self.oracle = nn.Conv2d(1, width, 1)
+
+    def forward(self, x):
+        y = self.hidden(x)
+        bit = (x[:, 0] - x[:, 1]).amax((1, 2)).view(-1, 1, 1, 1).expand(-1, 1, *y.shape[-2:])
+        return self.cls(F.gelu(y + self.oracle(bit)))
+
+
+@torch.no_grad()
+def evaluate_probe(model, pool, task, split_id, size, num_scenes, batch=8, marker_side=MARKER):
+    """Scene-level accuracy (``TASKS[task]``) and item-pixel accuracy on ``num_scenes`` scenes
+    that depend only on ``split_id`` and their index, so every run sees the same ones."""
+    model.eval()
+    correct = total = pix_correct = pix_total = 0
+    for start in range(0, num_scenes, batch):
+        n = min(batch, num_scenes - start)
+        scenes = [compose_task_scene(np.random.default_rng([split_id, start + i]), pool, task,
+                                     size, marker_side=marker_side) for i in range(n)]
+        logits = model(to_input([s[0] for s in scenes]))
+        margin = logits[:, 1] - logits[:, 2]
+        for (_, labels, instances, info), m, lg in zip(scenes, margin, logits):
+            labels = torch.from_numpy(labels[2::4, 2::4]).long()
+            instances = torch.from_numpy(instances[2::4, 2::4]).long()
+            item = labels > 0
+            pix_correct += int((lg.argmax(0)[item] == labels[item]).sum())
+            pix_total += int(item.sum())
+            if task == 'marker':  # the majority of a scene's item pixels decides
+                said = bool((m[item] > 0).float().mean() > 0.5) if item.any() else False
+                correct += said == info['marker']
+            else:  # the item with the largest mean 1-vs-2 margin is taken as the odd one
+                ids = instances[item]
+                means = torch.zeros(int(ids.max()) + 1).index_add_(0, ids, m[item])
+                means /= torch.bincount(ids, minlength=means.numel()).clamp_min(1)
+                means[0] = -math.inf
+                correct += int(means.argmax()) == info['odd']
+            total += 1
+    model.train()
+    return dict(accuracy=correct / total, item_pixel_accuracy=pix_correct / max(pix_total, 1))
+
+
+def _write_strength(model, x):
+    from .analysis import write_strength
+    model.eval()
+    try:
+        return write_strength(model.backbone, x)
+    finally:
+        model.train()
+
+
+def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=MARKER,
+                eval_scenes=256, eval_every=200, log_every=50, tag=''):
+    """Train ``model`` on ``task`` scenes drawn by ``rng`` from ``pools['train']`` with AdamW
+    (weight decay 0.05 on weight matrices), a linear warm-up over a tenth of the run, cosine
+    decay and a gradient clip at norm 5. Prints progress; returns the loss and validation curves,
+    the final validation and test accuracies and the memories' write strength before and after.
+    """
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'initial' not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and 'initial' not in n)]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),
+                             dict(params=other, weight_decay=0.0)], lr=lr)
+    warmup = max(1, iters // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, i / iters))))
+    probe_x = task_batch(np.random.default_rng([9, 9]), pools['val'], task, 2, size,
+                         marker_side)[0]
+    strength_init = _write_strength(model, probe_x)
+    curve, val_curve, t0 = [], [], time.perf_counter()
+    running = None
+    for it in range(iters):
+        x, labels, _, _ = task_batch(rng, pools['train'], task, batch, size, marker_side)
+        loss = F.cross_entropy(model(x), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if (it + 1) % log_every == 0 or it + 1 == iters:
+            curve.append((it + 1, running))
+            print(f'[{tag}] iter {it + 1}/{iters} loss {running:.4f} '
+                  f'({(time.perf_counter() - t0) / (it + 1):.2f} s/iter)', flush=True)
+        if eval_every and (it + 1) % eval_every == 0 and it + 1 < iters:
+            # a smaller validation set than the final one: the learning curve, not the result
+            acc = evaluate_probe(model, pools['val'], task, 1, size, 64, batch,
+                                 marker_side)['accuracy']
+            val_curve.append((it + 1, acc))
+            print(f'[{tag}] iter {it + 1}: accuracy on 64 validation scenes {acc:.3f}', flush=True)
+    seconds = time.perf_counter() - t0
+    return dict(seconds=seconds, loss_curve=curve, val_curve=val_curve,
+                val=evaluate_probe(model, pools['val'], task, 1, size, eval_scenes, batch,
+                                   marker_side),
+                test=evaluate_probe(model, pools['test'], task, 2, size, eval_scenes, batch,
+                                    marker_side),
+                write_strength_init=strength_init,
+                write_strength_final=_write_strength(model, probe_x))
+
+
+@torch.no_grad()
+def marker_sensitivity(model, pool, size, marker_side=MARKER, num_scenes=4):
+    """How much each neural memory's global map G changes at the items' positions when the
+    marker is erased from a scene, relative to G there: one value per memory (mean over
+    ``num_scenes`` marker scenes of ``pool``), or None for a model without memory.
+
+    This is the signal a marker-task gradient starts from: a global branch that barely responds
+    to the cross gives gradients that barely separate the two labels.
+    """
+    from .models import NeuralMemory
+    model.eval()
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    if not memories:
+        return None
+    grabbed = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: grabbed.__setitem__(k, o))
+             for k, m in enumerate(memories)]
+    change = [[] for _ in memories]
+    index = 0
+    try:
+        while len(change[0]) < num_scenes:
+            image, labels, _, info = compose_task_scene(np.random.default_rng([3, index]), pool,
+                                                        'marker', size, marker_side=marker_side)
+            index += 1
+            if not info['marker']:
+                continue
+            erased = image.copy()
+            erased[(image[..., 0] == 255) & (image[..., 1] == 0)] = 0
+            model(to_input([image, erased]))
+            for k, g in grabbed.items():
+                stride = size // g.shape[-1]
+                item = torch.from_numpy(labels[stride // 2::stride, stride // 2::stride] > 0)
+                item = item[:g.shape[-2], :g.shape[-1]]
+                change[k].append(float((g[0] - g[1])[:, item].norm() / g[1][:, item].norm()))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [float(np.mean(c)) for c in change]
