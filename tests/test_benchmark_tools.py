@@ -72,8 +72,8 @@ def test_benchmark_small_run(tmp_path):
 
 def test_compare_real_configs_swap_only_the_backbone(tmp_path):
     data = tmp_path / 'data'
-    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'prepare_data.py'), '--out', str(data)],
-                   check=True)
+    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'prepare_data.py'), '--out', str(data),
+                    '--only', 'nuclei', 'fashion_mnist'], check=True)
     cmd = [sys.executable, osp.join(REPO, 'tools', 'compare_real.py'), '--dry-run', '--tasks',
            'cls', 'seg', '--runs', 'convneur-m1', 'resnet18', 'deit-tiny', 'pvtv2-b0', 'm1 fusion=add',
            '--seeds', '3', '--work-dir', str(tmp_path), '--data-root', str(data)]

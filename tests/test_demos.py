@@ -73,7 +73,7 @@ def test_missing_pretrained_checkpoint_fails_clearly(tmp_path, monkeypatch):
     from convneur_mm.engine.launch import check_pretrained
     monkeypatch.chdir(tmp_path)
     cfg = Config.fromfile(str(REPO / 'configs/maskrcnn_convneur.py'))
-    with pytest.raises(SystemExit, match=r"(?s)ImageNet checkpoint 'work_dirs/convneur-m2_8xb128_in1k/"
+    with pytest.raises(SystemExit, match=r"(?s)pre-trained checkpoint 'work_dirs/convneur-m2_8xb128_in1k/"
                                          r"epoch_300.pth'.*init_cfg=None"):
         check_pretrained(cfg, 'configs/maskrcnn_convneur.py')
     cfg.model.backbone.init_cfg = None

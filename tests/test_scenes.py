@@ -12,6 +12,7 @@ import torch
 from convneur_mm import scenes
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL = ['--only', 'fashion_scenes', '--scenes', '6', '3', '3', '--scenes-per-class', '3', '2']
 
 
 def _load(name, path):
@@ -25,7 +26,7 @@ def _load(name, path):
 def scenes_root(tmp_path_factory):
     out = tmp_path_factory.mktemp('scenes')
     subprocess.run([sys.executable, str(REPO / 'tools/prepare_data.py'), '--out', str(out),
-                    '--only', 'fashion_scenes', '--scenes', '6', '3', '3'], check=True)
+                    *SMALL], check=True)
     return out / 'fashion_scenes'
 
 
@@ -50,11 +51,17 @@ def test_scenes_are_valid_coco_and_semantic_maps(scenes_root):
                 assert (semantic[mask] == a['category_id']).all()
                 assert (array[mask] > 25).all()  # a mask is an item's silhouette
             assert ((semantic > 0) == union).all()
+    # the pre-training set: --scenes-per-class 3 2 images of every class, PNGs that exist
+    for split, per_class in (('train', 3), ('val', 2)):
+        lines = (scenes_root / 'classification' / 'meta' / f'{split}.txt').read_text().split('\n')
+        pairs = [line.split() for line in lines if line]
+        assert sorted(int(label) for _, label in pairs) == sorted(list(range(10)) * per_class)
+        assert all((scenes_root / 'classification' / path).is_file() for path, _ in pairs)
 
 
 def test_scenes_are_byte_identical_across_runs(scenes_root, tmp_path):
     subprocess.run([sys.executable, str(REPO / 'tools/prepare_data.py'), '--out', str(tmp_path),
-                    '--only', 'fashion_scenes', '--scenes', '6', '3', '3'], check=True)
+                    *SMALL], check=True)
     again = tmp_path / 'fashion_scenes'
     files = sorted(p.relative_to(scenes_root) for p in scenes_root.rglob('*') if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob('*') if p.is_file())

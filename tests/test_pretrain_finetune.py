@@ -1,0 +1,67 @@
+"""The scenes protocol end to end: pre-train the classifier, then fine-tune the detector from it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from convneur_mm.engine.launch import build_task_model, check_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = 'configs/scenes/convneur-m1_fashion-mnist-60k.py'
+FINETUNE = {'det': 'configs/scenes/mask-rcnn_convneur-m1_fpn_scenes_pretrained.py',
+            'seg': 'configs/scenes/fpn_convneur-m1_scenes-seg_pretrained.py'}
+
+
+def test_finetune_configs_name_their_pretraining(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoint here
+    for config in FINETUNE.values():
+        cfg = Config.fromfile(str(REPO / config))
+        with pytest.raises(SystemExit, match=f'(?s)epoch_2.pth.*Train it with {PRETRAIN}'):
+            check_pretrained(cfg, config)
+
+
+@pytest.mark.slow
+def test_classifier_checkpoint_initialises_the_detector_which_then_learns(tmp_path, monkeypatch):
+    subprocess.run([sys.executable, str(REPO / 'tools/prepare_data.py'), '--out',
+                    str(tmp_path / 'data'), '--only', 'fashion_scenes', '--scenes', '4', '2', '2',
+                    '--scenes-per-class', '4', '2'], check=True)
+    # 1. pre-training through the user's command, in a folder where the configs' relative
+    # data and work_dirs paths land in tmp_path
+    out = subprocess.run([sys.executable, str(REPO / 'tools/train.py'), str(REPO / PRETRAIN)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    checkpoint = tmp_path / 'work_dirs/convneur-m1_fashion-mnist-60k/epoch_2.pth'
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    backbone_state = {k[len('backbone.'):]: v for k, v in state.items()
+                      if k.startswith('backbone.')}
+
+    monkeypatch.chdir(tmp_path)
+    for task, config in FINETUNE.items():
+        cfg = Config.fromfile(str(REPO / config))
+        check_pretrained(cfg, config)  # the default checkpoint path now exists
+        model = build_task_model(cfg)
+        model.init_weights()
+        loaded = model.backbone.state_dict()
+        # every classifier weight of the backbone arrives; only the dense outputs' norms are new
+        for key, value in backbone_state.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=f'{task}: {key}')
+        assert {k for k in loaded if k not in backbone_state} <= {
+            f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')}, task
+
+    # 2. fine-tuning the detector from it: the loss falls
+    cfg = Config.fromfile(str(REPO / FINETUNE['det']))
+    iters = 20
+    cfg.train_cfg.update(max_iters=iters, val_interval=iters)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.default_hooks.logger.interval = 5
+    cfg.work_dir = str(tmp_path / 'finetune')
+    Runner.from_cfg(cfg).train()
+    scalars = next((tmp_path / 'finetune').glob('*/vis_data/scalars.json'))
+    losses = [e['loss'] for e in map(json.loads, scalars.read_text().splitlines()) if 'loss' in e]
+    assert len(losses) >= iters // 5 and losses[-1] < 0.85 * losses[0], losses
