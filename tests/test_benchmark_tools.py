@@ -1,6 +1,7 @@
 """tools/benchmark.py and tools/compare_real.py: their arithmetic, and a small run of each."""
 import csv
 import importlib.util
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -101,17 +102,59 @@ def test_compare_real_configs_swap_only_the_backbone(tmp_path):
     assert reference.model.decode_head == configs['seg', 'resnet18'].model.decode_head
 
 
-def test_compare_real_summary_is_mean_and_half_range():
+def test_compare_real_summary_is_mean_and_95_ci():
     tool = load_tool('compare_real')
 
     class Args:
         tasks = ['cls']
-        seeds = [0, 1]
+        seeds = [0, 1, 2]
+        split = 'val'
         budget = {'cls': {'max_epochs': 1}}
 
-    results = [dict(task='cls', run='a', seed=0, seconds=10.0, **{'top-1': 80.0}),
-               dict(task='cls', run='a', seed=1, seconds=12.0, **{'top-1': 84.0})]
-    assert '| a | 82.00 ± 2.00 | 2 | 11 |' in tool.summarize(results, Args)
+    def rows(run, values):
+        return [dict(task='cls', run=run, seed=i, seconds=10.0, **{'top-1': v})
+                for i, v in enumerate(values)]
+
+    results = rows('convneur-m1', [80.0, 82.0, 84.0]) + rows('a', [90.0, 90.5, 91.0]) + \
+        rows('b', [81.0, 83.0, 85.0])
+    text = tool.summarize(results, Args)
+    # t(2 dof) = 4.303: 82 ± 4.303 * 2 / sqrt(3)
+    assert '| convneur-m1 | 82.00 ± 4.97 | 3 | 10 |' in text
+    assert 'a: a higher; b: not separated' in text
+
+
+def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_path):
+    """Each scenes peer's classifier weights reach its detector and segmenter backbone, whatever
+    the backbone's own loading rules (mmdet's PVTv2 ignores ``prefix``)."""
+    from mmengine.config import Config
+
+    from convneur_mm.engine.launch import build_task_model
+    tool = load_tool('compare_real')
+
+    class Args:
+        work_dir = str(tmp_path)
+
+    for name in tool.run_names('scenes-det-ft'):
+        cls_cfg = tool.build_config('scenes-cls', name, 0, str(tmp_path / 'cls'),
+                                    {'max_iters': 1})
+        classifier = build_task_model(cls_cfg)
+        classifier.init_weights()
+        work_dir = osp.dirname(tool.backbone_checkpoint(Args, name))
+        os.makedirs(work_dir)
+        torch.save(dict(state_dict=classifier.state_dict()), osp.join(work_dir, 'epoch_1.pth'))
+        with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+            f.write(osp.join(work_dir, 'epoch_1.pth'))
+        tool.export_backbone(work_dir)
+        expected = classifier.backbone.state_dict()
+        for task in ('scenes-det-ft', 'scenes-seg-ft'):
+            cfg = tool.build_config(task, name, 0, str(tmp_path / task), {'max_iters': 1},
+                                    pretrained=tool.backbone_checkpoint(Args, name))
+            model = build_task_model(Config.fromstring(cfg.pretty_text, '.py'))
+            model.init_weights()
+            loaded = model.backbone.state_dict()
+            for key, value in expected.items():
+                torch.testing.assert_close(loaded[key], value, rtol=0, atol=0,
+                                           msg=f'{task} / {name}: {key}')
 
 
 @pytest.mark.parametrize('tool, option', [('tools/benchmark.py', '--convneur-options'),

@@ -1,17 +1,28 @@
-"""Train ConvNeur and peer backbones from scratch on the offline real-data sets, with the ablations.
+"""Train ConvNeur and peer backbones on the offline real-data sets, with the ablations.
 
-    python tools/prepare_data.py                 # once: data/fashion_mnist and data/nuclei
-    python tools/compare_real.py                 # every task, model, ablation and seed
+    python tools/prepare_data.py                 # once: data/fashion_mnist, nuclei, fashion_scenes
+    python tools/compare_real.py                 # the nuclei / Fashion-MNIST demos' tables
     python tools/compare_real.py --tasks cls --runs convneur-m1 resnet18 --seeds 0
     python tools/compare_real.py --list          # what would run
 
-Each run is the matching demo config (configs/demo/) with only the backbone swapped (and the
-neck's input channels), the same recipe, schedule and budget for every model of a task, and a
-different ``randomness.seed``. Runs go to ``--work-dir/<task>/<run>/seed<k>`` and are started as
-``tools/train.py`` subprocesses, ``--jobs`` at a time with the CPU threads split between them. A
-finished run is not repeated (its metrics are read back), so an interrupted comparison continues
-where it stopped. The table (mean ± half the range over seeds) goes to results.md and every
-single result to results.csv.
+The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py):
+
+    python tools/compare_real.py --tasks scenes-cls                # pre-train on the 60k images
+    python tools/compare_real.py --tasks scenes-det scenes-det-ft --seeds 0 1 2
+    python tools/compare_real.py --tasks scenes-seg scenes-seg-ft --seeds 0 1 2 --split test
+
+``scenes-det`` / ``scenes-seg`` train from scratch; the ``-ft`` tasks start every backbone from
+its own ``scenes-cls`` classifier (seed 0, loaded with ``prefix='backbone.'``), which runs first.
+Recipe choices are made on the validation scenes (``--split val``, the default); ``--split test``
+evaluates the finished runs' checkpoints on the test scenes without training them again.
+
+Each run is the matching config (configs/demo/, configs/scenes/) with only the backbone swapped
+(and the neck's input channels), the same recipe, schedule and budget for every model of a task,
+and a different ``randomness.seed``. Runs go to ``--work-dir/<task>/<run>/seed<k>`` and are
+started as ``tools/train.py`` subprocesses, ``--jobs`` at a time with the CPU threads split
+between them. A finished run is not repeated (its metrics are read back), so an interrupted
+comparison continues where it stopped. The table (mean ± 95% CI over seeds) goes to results.md
+and every single result to results.csv.
 """
 import argparse
 import csv
@@ -27,22 +38,40 @@ from concurrent.futures import ThreadPoolExecutor
 from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
 TASKS = {
     'cls': dict(config='configs/demo/convneur-m1_fashion-mnist.py', budget=dict(max_epochs=1),
-                metrics={'top-1': 'accuracy/top1'}),
+                metrics={'top-1': 'accuracy/top1'}, data='fashion_mnist'),
     'seg': dict(config='configs/demo/fpn_convneur-m1_nuclei-seg.py', budget=dict(max_iters=60),
-                metrics={'mIoU': 'mIoU'}),
+                metrics={'mIoU': 'mIoU'}, data='nuclei'),
     'det': dict(config='configs/demo/mask-rcnn_convneur-m1_fpn_nuclei.py',
-                budget=dict(max_iters=150),
-                metrics={'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}),
+                budget=dict(max_iters=150), metrics=DET_METRICS, data='nuclei'),
+    'scenes-cls': dict(config='configs/scenes/convneur-m1_fashion-mnist-60k.py',
+                       budget=dict(max_epochs=1), metrics={'top-1': 'accuracy/top1'},
+                       data='fashion_scenes'),
+    'scenes-seg': dict(config='configs/scenes/fpn_convneur-m1_scenes-seg.py',
+                       budget=dict(max_iters=300), metrics={'mIoU': 'mIoU'}, data='fashion_scenes'),
+    'scenes-det': dict(config='configs/scenes/mask-rcnn_convneur-m1_fpn_scenes.py',
+                       budget=dict(max_iters=300), metrics=DET_METRICS, data='fashion_scenes'),
 }
+# fine-tuning from the scenes-cls classifier of the same backbone: the same configs and budgets
+for _task in ('scenes-seg', 'scenes-det'):
+    TASKS[f'{_task}-ft'] = dict(TASKS[_task], pretrain='scenes-cls')
+
+
+def kind(task):
+    """'cls', 'seg' or 'det': the OpenMMLab task behind a table."""
+    return task.split('-')[1] if task.startswith('scenes-') else task
+
 
 # Backbones per task scope; (backbone cfg, output channels, extra model overrides).
 CONVNEXTV2_ATTO = dict(arch='atto', use_grn=True, layer_scale_init_value=0., drop_path_rate=0.)
+CONVNEXTV2_FEMTO = dict(CONVNEXTV2_ATTO, arch='femto')
 PVTV2_B0 = dict(embed_dims=32, num_layers=[2, 2, 2, 2], drop_path_rate=0.)
 
 
 def peers(task):
+    scenes, task = task.startswith('scenes-'), kind(task)
     scope = dict(cls='', seg='mmpretrain.', det='mmpretrain.')[task]
     pvt = 'mmdet.' if task != 'det' else ''
     dense = task != 'cls'
@@ -57,6 +86,10 @@ def peers(task):
         # mmdet's own ResNet (BN, trained from scratch here, so not frozen and not in eval mode)
         table['resnet18'] = (dict(type='ResNet', depth=18, frozen_stages=-1, norm_eval=False,
                                   init_cfg=None), [64, 128, 256, 512])
+    if scenes:  # the issue's peers: ConvNeXt-V2 femto too, no DeiT
+        table['convnextv2-femto'] = (dict(type=f'{scope}ConvNeXt', **CONVNEXTV2_FEMTO, **out,
+                                          gap_before_final_norm=not dense), [48, 96, 192, 384])
+        return table
     if task == 'cls':
         # Patch 8 at 32x32 (16 tokens); patch 16 would leave 4, patch 4 costs 4x more.
         table['deit-tiny'] = (dict(type='VisionTransformer', arch='deit-tiny', img_size=32,
@@ -92,9 +125,13 @@ CONVNEUR.update({
     'm1 layer_scale=off': dict(layer_scale_init_value=0.),
 })
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
+SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'resnet18', 'convnextv2-atto',
+          'convnextv2-femto', 'pvtv2-b0']
 
 
 def run_names(task):
+    if task.startswith('scenes-'):
+        return SCENES
     names = MAIN + [n for n in CONVNEUR if n not in MAIN]
     if task != 'cls':
         # every stage of a 256x256 image fits in one 4096-token chunk: 'prev' then reads only
@@ -122,7 +159,8 @@ def rebase_data(cfg, data_root):
     cfg.data_root = move(cfg.data_root)
 
 
-def build_config(task, name, seed, work_dir, budget, data_root='data'):
+def build_config(task, name, seed, work_dir, budget, data_root='data', pretrained=None):
+    """The config of one run; ``pretrained``: a classifier checkpoint to start the backbone from."""
     cfg = Config.fromfile(osp.join(REPO, TASKS[task]['config']))
     rebase_data(cfg, data_root)
     model = cfg.model
@@ -130,13 +168,15 @@ def build_config(task, name, seed, work_dir, budget, data_root='data'):
         from convneur_mm.presets import arch_channels
         overrides = dict(CONVNEUR[name])
         if overrides.get('chunk_size') == 'small':
-            overrides['chunk_size'] = SMALL_CHUNK[task]
+            overrides['chunk_size'] = SMALL_CHUNK[kind(task)]
         model.backbone.update(overrides)
         channels = arch_channels(model.backbone.arch)
     else:
         backbone, channels = peers(task)[name]
         model.backbone = backbone
-    if task == 'cls':
+    if pretrained:  # a backbone-only file (export_backbone): no prefix
+        model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+    if kind(task) == 'cls':
         model.head.in_channels = channels[-1]
         pooled = name in CONVNEUR or name in ('convnextv2-atto', 'deit-tiny')
         model.neck = (None if pooled else dict(type='convneur_mm.PoolMaps') if name == 'pvtv2-b0'
@@ -164,100 +204,173 @@ def build_config(task, name, seed, work_dir, budget, data_root='data'):
         cfg.default_hooks.checkpoint.interval = iters
     warmup = max(1, iters // 10)
     cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup),
-        dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=warmup, end=iters)]
+        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup)]
+    if iters > warmup:  # a run of one iteration (a smoke test) has no decay
+        cfg.param_scheduler.append(dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False,
+                                        begin=warmup, end=iters))
     cfg.default_hooks.visualization = dict(type=cfg.default_hooks.visualization.type, draw=False) \
-        if task != 'cls' else dict(type='VisualizationHook', enable=False)
+        if kind(task) != 'cls' else dict(type='VisualizationHook', enable=False)
     cfg.randomness = dict(seed=seed)
     cfg.work_dir = work_dir
     return cfg
 
 
-def read_metrics(work_dir, task):
-    """The final validation metrics of a finished run, or None."""
+def read_metrics(work_dir, task, test=False):
+    """The final validation metrics of a finished run (``test``: of its test run), or None."""
     if not osp.isdir(work_dir):
         return None
     keys = TASKS[task]['metrics']
     for stamp in sorted(os.listdir(work_dir), reverse=True):
-        path = osp.join(work_dir, stamp, 'vis_data', 'scalars.json')
+        path = (osp.join(work_dir, stamp, f'{stamp}.json') if test else
+                osp.join(work_dir, stamp, 'vis_data', 'scalars.json'))
         if not osp.isfile(path):
             continue
         with open(path) as f:
             for line in reversed(f.read().splitlines()):
                 entry = json.loads(line)
                 if all(k in entry for k in keys.values()):
-                    return {name: entry[k] * (100 if task == 'det' else 1)
+                    return {name: entry[k] * (100 if kind(task) == 'det' else 1)
                             for name, k in keys.items()}
     return None
 
 
+def job_of(result):
+    return result['task'], result['run'], result['seed']
+
+
+def run_dir(args, task, name, seed):
+    return osp.join(args.work_dir, task, name.replace(' ', '_').replace('=', '-'), f'seed{seed}')
+
+
+def backbone_checkpoint(args, name):
+    """Where the backbone weights of ``name``'s pre-training (scenes-cls, seed 0) go."""
+    return osp.join(run_dir(args, 'scenes-cls', name, 0), 'backbone.pth')
+
+
+def export_backbone(work_dir):
+    """Write the backbone of a run's last checkpoint, without the ``backbone.`` prefix, to
+    ``backbone.pth``: mmdet's PVTv2 loads a Pretrained checkpoint ignoring ``prefix``, so only an
+    unprefixed file starts every peer from its own weights."""
+    import torch
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        last = f.read().strip()
+    state = torch.load(last, map_location='cpu', weights_only=True)['state_dict']
+    backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    torch.save(dict(state_dict=backbone), osp.join(work_dir, 'backbone.pth'))
+
+
 def prepare(task, name, seed, args):
     """Work dir of a run and its result if it has finished; writes its config otherwise."""
-    work_dir = osp.join(args.work_dir, task, name.replace(' ', '_').replace('=', '-'), f'seed{seed}')
+    work_dir = run_dir(args, task, name, seed)
     done = None
     if osp.isfile(osp.join(work_dir, 'result.json')):
         with open(osp.join(work_dir, 'result.json')) as f:
             done = json.load(f)
     else:
         os.makedirs(work_dir, exist_ok=True)
-        build_config(task, name, seed, work_dir, args.budget[task], args.data_root).dump(
-            osp.join(work_dir, 'config.py'))
+        pretrained = backbone_checkpoint(args, name) if TASKS[task].get('pretrain') else None
+        build_config(task, name, seed, work_dir, args.budget[task], args.data_root,
+                     pretrained).dump(osp.join(work_dir, 'config.py'))
     return work_dir, done
 
 
-def train(task, name, seed, work_dir, threads):
+def _run_tool(tool, argv, log_path, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(log_path, 'w') as log:
+        return subprocess.run([sys.executable, osp.join(REPO, tool), *argv], cwd=REPO, env=env,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def train(task, name, seed, work_dir, threads):
     t = time.perf_counter()
-    with open(osp.join(work_dir, 'train.log'), 'w') as log:
-        proc = subprocess.run([sys.executable, osp.join(REPO, 'tools/train.py'),
-                               osp.join(work_dir, 'config.py'), '--work-dir', work_dir],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rc = _run_tool('tools/train.py', [osp.join(work_dir, 'config.py'), '--work-dir', work_dir],
+                   osp.join(work_dir, 'train.log'), threads)
     seconds = time.perf_counter() - t
     metrics = read_metrics(work_dir, task)
-    if proc.returncode or metrics is None:
-        raise RuntimeError(f'{task} / {name} / seed {seed} failed (exit {proc.returncode}); '
+    if rc or metrics is None:
+        raise RuntimeError(f'{task} / {name} / seed {seed} failed (exit {rc}); '
                            f'see {osp.join(work_dir, "train.log")}')
+    if task == 'scenes-cls':
+        export_backbone(work_dir)
     result = dict(task=task, run=name, seed=seed, seconds=seconds, **metrics)
     with open(osp.join(work_dir, 'result.json'), 'w') as f:
         json.dump(result, f)
     return result
 
 
+def test(result, work_dir, threads):
+    """Evaluate a finished run's last checkpoint on its config's test split; adds ``test``."""
+    task, name, seed = result['task'], result['run'], result['seed']
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        checkpoint = f.read().strip()
+    test_dir = osp.join(work_dir, 'test')
+    rc = _run_tool('tools/test.py', [osp.join(work_dir, 'config.py'), checkpoint,
+                                     '--work-dir', test_dir],
+                   osp.join(work_dir, 'test.log'), threads)
+    metrics = read_metrics(test_dir, task, test=True)
+    if rc or metrics is None:
+        raise RuntimeError(f'{task} / {name} / seed {seed}: test failed (exit {rc}); '
+                           f'see {osp.join(work_dir, "test.log")}')
+    result = dict(result, test=metrics)
+    with open(osp.join(work_dir, 'result.json'), 'w') as f:
+        json.dump(result, f)
+    return result
+
+
 def summarize(results, args):
-    lines = [f'Budget: ' + ', '.join(f'{t} {b}' for t, b in args.budget.items() if t in args.tasks)
-             + f'; seeds {args.seeds}; mean ± half the range over seeds.', '']
+    from convneur_mm.stats import fmt, separated
+
+    def value(r, m):
+        return r['test'][m] if args.split == 'test' else r[m]
+
+    lines = ['Budget: ' + ', '.join(f'{t} {b}' for t, b in args.budget.items() if t in args.tasks)
+             + f'; seeds {args.seeds}; {args.split} split; mean ± 95% CI over seeds.', '']
     for task in args.tasks:
-        rows = [r for r in results if r['task'] == task]
+        rows = [r for r in results if r['task'] == task and (args.split != 'test' or 'test' in r)]
         if not rows:
             continue
         metrics = list(TASKS[task]['metrics'])
         lines += [f'### {task}', '', '| run | ' + ' | '.join(metrics) + ' | seeds | s / run |',
                   '|---' * (len(metrics) + 3) + '|']
-        for name in dict.fromkeys(r['run'] for r in rows):
-            mine = [r for r in rows if r['run'] == name]
-            cells = []
-            for m in metrics:
-                vals = [r[m] for r in mine]
-                cells.append(f'{statistics.mean(vals):.2f} ± {(max(vals) - min(vals)) / 2:.2f}')
+        by_run = {name: [r for r in rows if r['run'] == name]
+                  for name in dict.fromkeys(r['run'] for r in rows)}
+        for name, mine in by_run.items():
+            cells = [fmt([value(r, m) for r in mine], 2) for m in metrics]
             secs = [r['seconds'] for r in mine if r['seconds']]
             lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {len(mine)} | '
                          + (f'{statistics.mean(secs):.0f}' if secs else '-') + ' |')
+        reference = by_run.get('convneur-m1', [])
+        readings = []
+        for name, mine in by_run.items():
+            if name == 'convneur-m1' or len(mine) < 2 or len(reference) < 2:
+                continue
+            side = separated([value(r, metrics[0]) for r in reference],
+                             [value(r, metrics[0]) for r in mine])
+            readings.append(f'{name}: ' + {'a': 'convneur-m1 higher', 'b': f'{name} higher',
+                                           None: 'not separated'}[side])
+        if readings:
+            lines += ['', f'{metrics[0]} against convneur-m1 (95% CIs): ' + '; '.join(readings)]
         lines.append('')
     return '\n'.join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
+    parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=['cls', 'seg', 'det'],
+                        help='default: the nuclei / Fashion-MNIST demo tasks')
     parser.add_argument('--runs', nargs='+', metavar='RUN',
                         help='which runs (default: all of a task); names as in --list')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     parser.add_argument('--jobs', type=int, default=2, help='runs in parallel')
     parser.add_argument('--work-dir', default='work_dirs/compare_real')
     parser.add_argument('--data-root', default='data',
-                        help='where tools/prepare_data.py wrote fashion_mnist/ and nuclei/')
+                        help='where tools/prepare_data.py wrote fashion_mnist/, nuclei/ and '
+                             'fashion_scenes/')
     parser.add_argument('--budget', nargs='+', default=[], metavar='TASK=N',
                         help='override a budget, e.g. cls=2 (epochs) seg=100 det=100 (iterations)')
+    parser.add_argument('--split', choices=('val', 'test'), default='val',
+                        help='the split the table reports; test evaluates finished runs\' '
+                             'checkpoints on the test scenes (scenes tasks only)')
     parser.add_argument('--list', action='store_true', help='print the runs and exit')
     parser.add_argument('--dry-run', action='store_true',
                         help='write every config and build its model, train nothing')
@@ -270,8 +383,10 @@ def main():
         key = next(iter(budget[task]))
         budget[task][key] = int(n)
     args.budget = budget
+    if args.split == 'test' and not all(t.startswith('scenes-') for t in args.tasks):
+        parser.error('--split test needs scenes tasks only: the demo sets have no test split')
     for task in args.tasks:
-        folder = osp.join(args.data_root, 'fashion_mnist' if task == 'cls' else 'nuclei')
+        folder = osp.join(args.data_root, TASKS[task]['data'])
         if not osp.isdir(osp.join(REPO, folder)):
             raise SystemExit(f'{folder} is missing: run `python tools/prepare_data.py '
                              f'--out {args.data_root}` first')
@@ -284,6 +399,9 @@ def main():
                 parser.error(f'unknown runs {unknown}; see --list')
             names = [n for n in names if n in args.runs]
         jobs += [(task, n, s) for n in names for s in args.seeds]
+    # a fine-tuning run needs its backbone's pre-training (seed 0), which therefore runs first
+    needed = [('scenes-cls', n, 0) for t, n, _ in jobs if TASKS[t].get('pretrain')]
+    jobs = list(dict.fromkeys(needed + jobs))
     if args.list:
         for job in jobs:
             print(*job, sep=' | ')
@@ -309,6 +427,7 @@ def main():
                   f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters', flush=True)
         return
     t0 = time.perf_counter()
+    work_dirs = {job: run_dir(args, *job) for job in jobs}
 
     def one(job, work_dir):
         res = train(*job, work_dir, threads)
@@ -317,22 +436,38 @@ def main():
         print(f'[{len(results)}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] {job[0]} | '
               f'{job[1]} | seed {job[2]}: {shown} ({res["seconds"]:.0f} s)', flush=True)
 
+    def evaluate(index):
+        results[index] = test(results[index], work_dirs[job_of(results[index])], threads)
+        shown = ', '.join(f'{k} {v:.2f}' for k, v in results[index]['test'].items())
+        print(f'[test] {" | ".join(map(str, job_of(results[index])))}: {shown}', flush=True)
+
     failures = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for future in [pool.submit(one, *p) for p in pending]:
-            try:
-                future.result()
-            except RuntimeError as e:
-                failures.append(str(e))
-                print(e, flush=True)
+
+    def run_all(fn, items):
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for future in [pool.submit(fn, *item) for item in items]:
+                try:
+                    future.result()
+                except RuntimeError as e:
+                    failures.append(str(e))
+                    print(e, flush=True)
+
+    # pre-training first: the fine-tuning runs start from its checkpoints
+    run_all(one, [p for p in pending if p[0][0] == 'scenes-cls'])
+    run_all(one, [p for p in pending if p[0][0] != 'scenes-cls'])
+    if args.split == 'test':
+        run_all(evaluate, [(i,) for i, r in enumerate(results) if 'test' not in r])
     order = {job: i for i, job in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r['task'], r['run'], r['seed'])])
+    results.sort(key=lambda r: order[job_of(r)])
     os.makedirs(args.work_dir, exist_ok=True)
-    fields = ['task', 'run', 'seed', 'seconds'] + [m for t in TASKS for m in TASKS[t]['metrics']]
+    metrics = list(dict.fromkeys(m for t in TASKS for m in TASKS[t]['metrics']))
+    fields = ['task', 'run', 'seed', 'seconds'] + metrics + [f'test {m}' for m in metrics]
     with open(osp.join(args.work_dir, 'results.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
-        writer.writerows(results)
+        for r in results:
+            writer.writerow({**{k: v for k, v in r.items() if k != 'test'},
+                             **{f'test {m}': v for m, v in r.get('test', {}).items()}})
     text = summarize(results, args)
     with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
         f.write(text + '\n')
