@@ -200,7 +200,33 @@ def test_centred_keys_write_only_what_differs_from_the_image_mean():
     assert (mem(uniform) - no_write(uniform)).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize('name', ['center_keys', 'compile'])
+def test_global_query_adds_one_read_to_every_position():
+    torch.manual_seed(0)
+    mem = NeuralMemory(16, 16, head_dim=8, chunk_size=8, global_query=True).double()
+    assert mem.global_query.shape == (16,)  # flat, like a bias: no weight decay by ndim rules
+    grabbed = {'reads': []}
+    plain_read, plain_scan = mem.memory.forward, mem._scan
+
+    def read_spy(*args):
+        grabbed['reads'].append(plain_read(*args))
+        return grabbed['reads'][-1]
+
+    def scan_spy(*args):
+        grabbed['scan'] = plain_scan(*args)
+        return grabbed['scan']
+
+    mem.memory.forward, mem._scan = read_spy, scan_spy
+    mem(torch.randn(2, 16, 4, 6, dtype=torch.float64)).sum().backward()
+    tokens, global_read = grabbed['reads']
+    assert global_read.shape == (2 * mem.num_heads, 1, 8)
+    # every position gets its own read plus the same image-level read of the learned query
+    torch.testing.assert_close(grabbed['scan'] - tokens, global_read.expand_as(tokens))
+    assert mem.global_query.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="global_query=True .* needs read_mode='final'"):
+        NeuralMemory(16, 16, head_dim=8, read_mode='prev', global_query=True)
+
+
+@pytest.mark.parametrize('name', ['center_keys', 'global_query', 'compile'])
 @pytest.mark.parametrize('bad', ['no', 1, None])
 def test_bool_switches_refuse_other_values(name, bad):
     with pytest.raises(ValueError, match=f'{name} must be True or False, got {bad!r}'):

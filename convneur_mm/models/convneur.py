@@ -204,6 +204,8 @@ class ConvNeur(BaseModule):
             as in titans_pytorch): no clip.
         center_keys (bool): write every token in proportion to how far its key is from the
             image's mean key (see :class:`NeuralMemory`). Default: False.
+        global_query (bool): every position also reads each memory with a learned query (see
+            :class:`NeuralMemory`). Default: False.
         compile_memory (bool): run every memory through ``torch.compile`` (compiled on the
             first call; eager while tracing or exporting). Default: False.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
@@ -242,7 +244,8 @@ class ConvNeur(BaseModule):
                  norm_eval=False, with_cp=False, drop_path_rate=0.0, layer_scale_init_value=1e-6,
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
-                 chunks_per_group=1, grad_clip=None, center_keys=False, compile_memory=False,
+                 chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
+                 compile_memory=False,
                  gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
@@ -267,7 +270,8 @@ class ConvNeur(BaseModule):
             chunk_size=self.arch['chunk_size'] if chunk_size is None else chunk_size,
             max_lr=self.arch['max_lr'] if max_lr is None else max_lr,
             read_mode=read_mode, memory_type=memory_type, chunks_per_group=chunks_per_group,
-            grad_clip=grad_clip, center_keys=center_keys, compile=compile_memory)
+            grad_clip=grad_clip, center_keys=center_keys, global_query=global_query,
+            compile=compile_memory)
 
         self.stem = Stem(in_channels, widths[0])
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()

@@ -235,6 +235,10 @@ class NeuralMemory(nn.Module):
         center_keys (bool): subtract the image's mean key from every (unit) key, so that a
             token writes in proportion to how much it differs from the image's average token.
             Not in Titans.
+        global_query (bool): every position also reads the final memory with one learned query
+            per head, and adds that read to its own: an image-level answer that is the same at
+            every position, so a fact written anywhere reaches all of them alike. Without the
+            write it is a constant. Needs ``read_mode='final'``. Not in Titans.
         compile (bool): run this memory through ``torch.compile`` (compiled on its first call,
             per module, never on import). The memory is many small tensor operations, and
             fusing them is where its time goes; the eager path runs instead while tracing,
@@ -247,7 +251,7 @@ class NeuralMemory(nn.Module):
 
     def __init__(self, in_channels, memory_dim, head_dim=32, chunk_size=196, max_lr=1.0,
                  read_mode='final', memory_type='linear', mlp_ratio=2, chunks_per_group=1,
-                 grad_clip=None, center_keys=False, compile=False):
+                 grad_clip=None, center_keys=False, global_query=False, compile=False):
         super().__init__()
         if memory_dim % head_dim:
             raise ValueError(f'memory_dim={memory_dim} must be a multiple of head_dim={head_dim}')
@@ -262,9 +266,13 @@ class NeuralMemory(nn.Module):
                 or chunks_per_group < 1):
             raise ValueError(f'chunks_per_group must be an int >= 1 (1: sequential) or None (one '
                              f'group per input), got {chunks_per_group!r}')
-        for name, value in (('center_keys', center_keys), ('compile', compile)):
+        for name, value in (('center_keys', center_keys), ('global_query', global_query),
+                            ('compile', compile)):
             if not isinstance(value, bool):
                 raise ValueError(f'{name} must be True or False, got {value!r}')
+        if global_query and read_mode != 'final':
+            raise ValueError("global_query=True reads the final memory: it needs read_mode='final', "
+                             f'got {read_mode!r}')
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f'grad_clip must be None (no clip) or > 0, got {grad_clip!r}')
         self.num_heads = memory_dim // head_dim
@@ -291,6 +299,11 @@ class NeuralMemory(nn.Module):
         # the gates start data-independent at theta = max_lr / 2, eta ~ 0.9, alpha ~ 0.02.
         self.gates = nn.Linear(memory_dim, 3 * self.num_heads)
         self.memory = FastWeights(self.num_heads, head_dim, memory_type, mlp_ratio)
+        # One learned query per head that reads the final memory for every position: the same
+        # image-level answer everywhere, whatever each token's own query (normalised like them).
+        # Stored flat, like a bias: a direction, kept out of weight decay by ndim-based rules.
+        self.global_query = nn.Parameter(torch.randn(self.num_heads * head_dim)) if global_query \
+            else None
         self.out_norm_weight = nn.Parameter(torch.ones(self.num_heads, head_dim))
         self.proj = nn.Linear(memory_dim, in_channels)
         self._init_gates()
@@ -308,7 +321,8 @@ class NeuralMemory(nn.Module):
                 f'max_lr={self.max_lr}, read_mode={self.read_mode!r}, '
                 f'memory_type={self.memory.memory_type!r}, '
                 f'chunks_per_group={self.chunks_per_group}, grad_clip={self.grad_clip}, '
-                f'center_keys={self.center_keys}, compile={self.compile}')
+                f'center_keys={self.center_keys}, global_query={self.global_query is not None}, '
+                f'compile={self.compile}')
 
     def __getstate__(self):
         # the compiled function refers back to this module: a copy or an unpickled module
@@ -377,7 +391,7 @@ class NeuralMemory(nn.Module):
         # 'prev' never reads the last chunk's write, so it is not computed.
         writes = (T if self.read_mode == 'final' else T - 1) if self.write else 0
         if writes == 0:
-            return self.memory(weights, q, (gamma, beta))
+            return self._final_read(weights, q, gamma, beta, B)
 
         # per-token step: theta / d, the 1 / d being the mean over the head dimension
         lr = (self.max_lr / d) * torch.sigmoid(logits[..., :nh])  # (B, N, nh)
@@ -439,9 +453,18 @@ class NeuralMemory(nn.Module):
                 reads.append(self._read_chunks(before, q[:, span], p))
             weights = [s[:, -1] for s in states]
         if self.read_mode == 'final':
-            return self.memory(weights, q, (gamma, beta))[:, :N]
+            return self._final_read(weights, q, gamma, beta, B)[:, :N]
         reads.append(self.memory.normalized(weights, q[:, writes * L:])[0])
         return torch.addcmul(q + beta, torch.cat(reads, 1), gamma)[:, :N]
+
+    def _final_read(self, weights, q, gamma, beta, B):
+        """Every token's read of the final memory (G, n, d), plus the global query's read."""
+        y = self.memory(weights, q, (gamma, beta))
+        if self.global_query is None:
+            return y
+        g = self.global_query.to(q.dtype).view(self.num_heads, 1, self.head_dim)
+        g = F.normalize(g, dim=-1).repeat(B, 1, 1)  # (G, 1, d)
+        return y + self.memory(weights, g, (gamma, beta))
 
     def _read_chunks(self, states, q, num_chunks):
         """Normalised read of P chunks of queries (G, P * L, d), chunk j with states[:, j]."""
