@@ -27,7 +27,7 @@ class MemoryGate(nn.Module):
         chunk_size (int): tokens per write. Default: 4096 (the paper's dense-prediction setting).
         max_lr (float): per-token inner step bound. Default: 1e-3 (the same).
         **memory_kwargs: other :class:`NeuralMemory` arguments (``read_mode``, ``memory_type``,
-            ``chunks_per_group``, ``grad_clip``, ``center_keys``, ``compile``).
+            ``chunks_per_group``, ``grad_clip``, ``center_keys``, ``global_query``, ``compile``).
 
     Shape:
         (B, C, H, W) -> (B, C, H, W).
