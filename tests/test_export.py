@@ -24,7 +24,8 @@ def _model(**kwargs):
 @pytest.mark.parametrize('classifier, options', [
     (False, []), (True, []),
     # one group of 48 chunks in stage 1: the closed-form recurrence over more than one run
-    (False, ['--options', 'chunk_size=16', 'chunks_per_group=None', 'read_mode=prev'])])
+    (False, ['--options', 'chunk_size=16', 'chunks_per_group=None', 'read_mode=prev']),
+    (False, ['--options', 'center_keys=True', 'global_query=True'])])
 def test_onnx_export_matches_pytorch(tmp_path, classifier, options):
     out = tmp_path / 'model.onnx'
     cmd = [sys.executable, str(REPO / 'tools/deploy/export_onnx.py'), '--arch', 'm1',
@@ -38,9 +39,11 @@ def test_onnx_export_matches_pytorch(tmp_path, classifier, options):
     assert max(errors) <= 1e-4
 
 
-@pytest.mark.parametrize('chunks_per_group', [1, 2, None])
-def test_jit_trace_matches_eager(chunks_per_group):
-    model = _model(chunks_per_group=chunks_per_group, chunk_size=16)
+@pytest.mark.parametrize('options', [dict(chunks_per_group=1), dict(chunks_per_group=2),
+                                     dict(chunks_per_group=None),
+                                     dict(center_keys=True, global_query=True)])
+def test_jit_trace_matches_eager(options):
+    model = _model(chunk_size=16, **options)
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
