@@ -103,6 +103,22 @@ def _train_step_changes_output(model, x):
     assert any((a - b).abs().max() > 1e-6 for a, b in zip(after, before))
 
 
+@pytest.mark.parametrize('gate', [dict(type='ContextBlock', ratio=1 / 4), dict(type='NonLocal2d')])
+def test_wrapper_places_other_plugin_layers_too(gate):
+    """GCNet's ContextBlock and NonLocal2d at the places a memory gate would take, for a fair
+    comparison on backbones whose blocks take no plug-ins."""
+    import mmcv.cnn  # noqa: F401  (registers mmcv's plug-in layers)
+    backbone, after = WRAPPED['mmpretrain ConvNeXt-V2-atto']
+    gated, plain = _pretrained_pair(dict(type='convneur_mm.MemoryGated', backbone=backbone,
+                                         after=after, gate=gate), backbone)
+    assert [type(g).__name__ for g in gated.gates.values()] == [gate['type']] * 4
+    assert [g.in_channels for g in gated.gates.values()] == [40, 80, 160, 320]
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        for a, b in zip(_outputs(gated, x), _outputs(plain, x)):
+            assert (a - b).abs().max() <= 1e-6  # both start as the identity
+
+
 def test_wrapper_keeps_frozen_stages_norm_eval_and_out_indices():
     model = MemoryGated(dict(type='mmdet.ResNet', depth=18, frozen_stages=1, norm_eval=True,
                              out_indices=(1, 3)), after=['layer1', 'layer2', 'layer3', 'layer4'])

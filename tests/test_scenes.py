@@ -129,7 +129,7 @@ def test_global_context_marker_size_and_oracle():
 
 def test_global_context_sensitivity_mode():
     cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--sensitivity', '--size', '128',
-           '--variants', 'memory center', 'local']
+           '--variants', 'memory center', 'local', 'convnextv2-atto memory-gate center global']
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.splitlines()
@@ -137,6 +137,9 @@ def test_global_context_sensitivity_mode():
     changes = [float(v.strip(' %')) for v in center.split(maxsplit=2)[2].split('/')]
     assert len(changes) == 2 and all(c > 0 for c in changes)
     assert next(line for line in lines if line.startswith('local')).endswith('no memory')
+    gated = next(line for line in lines if line.startswith('convnextv2-atto memory-gate'))
+    assert len(gated.rsplit(maxsplit=3)[-3:]) == 3 and gated.endswith('%')  # 'a% / b%'
+
 
 
 def test_global_context_tool_runs_and_resumes(tmp_path):

@@ -65,6 +65,11 @@ VARIANTS = {
     'memory center global': dict(DENSE, center_keys=True, global_query=True),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
+    # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
+    'convnextv2-atto memory-gate': ('convnextv2-atto', dict()),
+    'convnextv2-atto memory-gate center global': ('convnextv2-atto',
+                                                  dict(center_keys=True, global_query=True)),
+    'convnextv2-atto gcnet': ('convnextv2-atto', dict(type='ContextBlock', ratio=1 / 4)),
     # positive control of the marker task: the local-only model, whose head is also given the
     # answer's ingredient, max over the image of (red - green)
     'oracle': 'oracle',
@@ -88,6 +93,16 @@ def build(variant, stages):
         from mmpretrain.models import ConvNeXt
         backbone = ConvNeXt(arch='atto', use_grn=True, layer_scale_init_value=0.,
                             out_indices=out, gap_before_final_norm=False)
+        backbone.init_weights()
+        channels = [40, 80, 160, 320][:stages]
+    elif isinstance(spec, tuple):  # ('convnextv2-atto', gate): a gate after each probed stage
+        import mmcv.cnn  # noqa: F401  (registers GCNet's ContextBlock)
+        import mmpretrain.models  # noqa: F401
+        from convneur_mm import MemoryGated
+        backbone = MemoryGated(dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
+                                    layer_scale_init_value=0., out_indices=out,
+                                    gap_before_final_norm=False),
+                               after=[f'stages.{i}' for i in range(stages)], gate=spec[1])
         backbone.init_weights()
         channels = [40, 80, 160, 320][:stages]
     else:

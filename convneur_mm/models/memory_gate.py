@@ -95,7 +95,8 @@ class _GateHook:
 
 
 class MemoryGated(nn.Module):
-    """Any registered backbone with a :class:`MemoryGate` after each module named in ``after``.
+    """Any registered backbone with a :class:`MemoryGate` (or another plug-in layer) after each
+    module named in ``after``.
 
     The gates are submodules of this wrapper (``gates.<name with '.' as '_'>``) and act through
     forward hooks on the named modules, so the wrapped backbone keeps its own module names, its
@@ -109,7 +110,11 @@ class MemoryGated(nn.Module):
             must return an NCHW map or a (tokens, (H, W), ...) tuple, like mmdet's ResNet
             ``layer1``-``layer4``, mmpretrain's ConvNeXt ``stages.0``-``3``, the patch embeddings of
             PVTv2 (``layers.0.0``) or Swin's ``patch_embed`` and ``stages.0.downsample``.
-        gate (dict): :class:`MemoryGate` arguments shared by all gates.
+        gate (dict): :class:`MemoryGate` arguments shared by all gates; with a ``type``, any
+            registered plug-in layer built with ``in_channels`` instead, for example mmcv's
+            ``dict(type='ContextBlock', ratio=1 / 4)`` (GCNet) or ``dict(type='NonLocal2d')``,
+            to compare global branches at the same places. Such a layer must map an NCHW map to
+            one of the same shape (both of those start as the identity, too).
         in_channels (list[int] | None): channels of each named output; None measures them with
             one forward pass of a 64x64 zero image at construction.
 
@@ -134,10 +139,17 @@ class MemoryGated(nn.Module):
         if len(in_channels) != len(after):
             raise ValueError(f'in_channels {in_channels} needs one entry per name in {after}')
         self.after = list(after)
-        self.gates = nn.ModuleDict({n.replace('.', '_'): MemoryGate(c, **(gate or {}))
+        self.gates = nn.ModuleDict({n.replace('.', '_'): self._build_gate(gate or {}, c)
                                     for n, c in zip(after, in_channels)})
         for name in self.after:
             modules[name].register_forward_hook(_GateHook(self.gates[name.replace('.', '_')], name))
+
+    @staticmethod
+    def _build_gate(cfg, in_channels):
+        if 'type' not in cfg:
+            return MemoryGate(in_channels, **cfg)
+        from mmengine.registry import MODELS
+        return MODELS.build(dict(cfg, in_channels=in_channels))
 
     @torch.no_grad()
     def _measure_channels(self, after):
@@ -167,7 +179,9 @@ class MemoryGated(nn.Module):
         if hasattr(self.backbone, 'init_weights'):
             self.backbone.init_weights()
         for g in self.gates.values():
-            g.reset_parameters()
+            # MemoryGate and mmcv's ContextBlock re-initialise with reset_parameters,
+            # NonLocal2d with init_weights
+            (getattr(g, 'reset_parameters', None) or getattr(g, 'init_weights', lambda: None))()
 
     def get_layer_depth(self, param_name, prefix=''):
         """Layer id of a parameter for layer-wise lr decay, from the wrapped backbone's own
