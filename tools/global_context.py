@@ -63,6 +63,8 @@ VARIANTS = {
     'memory center': dict(DENSE, center_keys=True),
     'memory global': dict(DENSE, global_query=True),
     'memory center global': dict(DENSE, center_keys=True, global_query=True),
+    'memory center global fusion=add': dict(DENSE, center_keys=True, global_query=True,
+                                            fusion='add'),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
@@ -166,14 +168,15 @@ def summarize(args, jobs):
             ws_cell = ' / '.join(f'{100 * float(np.mean(col)):.1f}%' for col in zip(*ws)) if ws else '-'
             lines.append(f'| {variant} | {len(rs)} | {fmt([r["test"]["accuracy"] for r in rs])} | '
                          f'({fmt([r["val"]["accuracy"] for r in rs])}) | {ws_cell} |')
-        if 'memory' in results:
-            for other, rs in results.items():
-                if other == 'memory' or len(rs) < 2 or len(results['memory']) < 2:
-                    continue
-                side = separated([r['test']['accuracy'] for r in results['memory']],
-                                 [r['test']['accuracy'] for r in rs])
-                verdict = {'a': 'memory higher', 'b': f'{other} higher', None: 'not separated'}[side]
-                lines.append(f'\nmemory vs {other}: {verdict}')
+        # every variant against the local-only model: does it carry scene context beyond the CI?
+        reference = results.get('local', [])
+        for other, rs in results.items():
+            if other == 'local' or len(rs) < 2 or len(reference) < 2:
+                continue
+            side = separated([r['test']['accuracy'] for r in rs],
+                             [r['test']['accuracy'] for r in reference])
+            verdict = {'a': f'{other} higher', 'b': 'local higher', None: 'not separated'}[side]
+            lines.append(f'\n{other} vs local: {verdict}')
         lines.append('')
     return '\n'.join(lines)
 
