@@ -123,6 +123,20 @@ def test_compare_real_summary_is_mean_and_95_ci():
     assert 'a: a higher; b: not separated' in text
 
 
+def test_compare_real_runs_the_pretraining_that_finetuning_needs_first(tmp_path):
+    (tmp_path / 'fashion_scenes').mkdir()
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'compare_real.py'), '--list', '--tasks',
+           'scenes-det-ft', '--runs', 'pvtv2-b0', '--seeds', '1', '2', '--data-root', str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['scenes-cls', '|', 'pvtv2-b0', '|', '0',
+                                  'scenes-det-ft', '|', 'pvtv2-b0', '|', '1',
+                                  'scenes-det-ft', '|', 'pvtv2-b0', '|', '2']
+    bad = subprocess.run(cmd + ['--split', 'test', '--tasks', 'det'], capture_output=True,
+                         text=True, cwd=REPO)
+    assert bad.returncode == 2 and '--split test needs scenes tasks only' in bad.stderr
+
+
 def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_path):
     """Each scenes peer's classifier weights reach its detector and segmenter backbone, whatever
     the backbone's own loading rules (mmdet's PVTv2 ignores ``prefix``)."""
