@@ -153,6 +153,8 @@ def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_p
                                     {'max_iters': 1})
         classifier = build_task_model(cls_cfg)
         classifier.init_weights()
+        with torch.no_grad():  # the classifier (neck and head included) runs
+            assert classifier(torch.zeros(1, 3, 56, 56), mode='tensor').shape == (1, 10), name
         work_dir = osp.dirname(tool.backbone_checkpoint(Args, name))
         os.makedirs(work_dir)
         torch.save(dict(state_dict=classifier.state_dict()), osp.join(work_dir, 'epoch_1.pth'))

@@ -178,7 +178,7 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
         model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
     if kind(task) == 'cls':
         model.head.in_channels = channels[-1]
-        pooled = name in CONVNEUR or name in ('convnextv2-atto', 'deit-tiny')
+        pooled = name in CONVNEUR or name in ('convnextv2-atto', 'convnextv2-femto', 'deit-tiny')
         model.neck = (None if pooled else dict(type='convneur_mm.PoolMaps') if name == 'pvtv2-b0'
                       else dict(type='GlobalAveragePooling'))
     elif name == 'deit-tiny':
