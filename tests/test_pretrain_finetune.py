@@ -61,6 +61,9 @@ def test_classifier_checkpoint_initialises_the_detector_which_then_learns(tmp_pa
     cfg.default_hooks.checkpoint.interval = iters
     cfg.default_hooks.logger.interval = 5
     cfg.work_dir = str(tmp_path / 'finetune')
+    # mmengine reuses a visualizer of the same name, with its save_dir, across runners of a
+    # process: a name of its own sends the scalars here
+    cfg.visualizer.name = f'finetune-{tmp_path.name}'
     Runner.from_cfg(cfg).train()
     scalars = next((tmp_path / 'finetune').glob('*/vis_data/scalars.json'))
     losses = [e['loss'] for e in map(json.loads, scalars.read_text().splitlines()) if 'loss' in e]
