@@ -61,10 +61,7 @@ VARIANTS = {
     'memory cls-settings group=all ls=1': dict(arch='m1', chunks_per_group=None,
                                                layer_scale_init_value=1.0),
     'memory center': dict(DENSE, center_keys=True),
-    'memory global': dict(DENSE, global_query=True),
     'memory center global': dict(DENSE, center_keys=True, global_query=True),
-    'memory center global fusion=add': dict(DENSE, center_keys=True, global_query=True,
-                                            fusion='add'),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
