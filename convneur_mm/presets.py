@@ -64,3 +64,14 @@ def memory_gated_convnext_t(drop_path_rate=0.4, **gate):
                       init_cfg=dict(type='Pretrained', checkpoint=CONVNEXT_T_IN1K,
                                     prefix='backbone.')),
         after=['stages.0', 'stages.1', 'stages.2', 'stages.3'])
+
+
+def gray_classification_pipelines(image_size, padding):
+    """(train, test) mmpretrain pipelines of the Fashion-MNIST classifiers (demo and scenes
+    pre-training): resize to ``image_size``, and for training a padded random crop and a flip."""
+    resize = dict(type='Resize', scale=(image_size, image_size))
+    train = [dict(type='LoadImageFromFile'), resize,
+             dict(type='RandomCrop', crop_size=image_size, padding=padding),
+             dict(type='RandomFlip', prob=0.5, direction='horizontal'), dict(type='PackInputs')]
+    test = [dict(type='LoadImageFromFile'), dict(resize), dict(type='PackInputs')]
+    return train, test

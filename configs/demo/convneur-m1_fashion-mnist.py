@@ -4,7 +4,7 @@
 _base_ = ['mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['convneur_mm'], allow_failed_imports=False)
 
-from convneur_mm.presets import arch_channels, backbone_cfg
+from convneur_mm.presets import arch_channels, backbone_cfg, gray_classification_pipelines
 
 data_root = 'data/fashion_mnist/'
 image_size = 32
@@ -18,18 +18,7 @@ model = dict(
               topk=(1,)))
 data_preprocessor = dict(num_classes=10, mean=[72.9] * 3, std=[90.0] * 3)
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size)),
-    dict(type='RandomCrop', crop_size=image_size, padding=3),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size)),
-    dict(type='PackInputs'),
-]
+train_pipeline, test_pipeline = gray_classification_pipelines(image_size, padding=3)
 dataset = dict(type='CustomDataset', data_root=data_root, data_prefix='',
                classes=data_root + 'meta/classes.txt')
 train_dataloader = dict(

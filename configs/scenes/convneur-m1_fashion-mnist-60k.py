@@ -6,22 +6,13 @@
 # The recipe is the Fashion-MNIST demo's; 2 epochs (1876 iterations).
 _base_ = ['../demo/convneur-m1_fashion-mnist.py']
 
+from convneur_mm.presets import gray_classification_pipelines
+
 data_root = 'data/fashion_scenes/classification/'
 image_size = 56
 max_epochs = 2
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size)),
-    dict(type='RandomCrop', crop_size=image_size, padding=6),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size)),
-    dict(type='PackInputs'),
-]
+train_pipeline, test_pipeline = gray_classification_pipelines(image_size, padding=6)
 dataset = dict(data_root=data_root, classes=data_root + 'meta/classes.txt')
 train_dataloader = dict(dataset=dict(**dataset, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(**dataset, pipeline=test_pipeline))
