@@ -14,10 +14,13 @@ from .neural_memory import NeuralMemory
 class MemoryGate(nn.Module):
     """Gate a feature map with its neural-memory map: ``x * (1 + s * (2 * sigmoid(G) - 1))``.
 
-    G is :class:`NeuralMemory`'s global map of x, and s a per-channel scale that starts at 0, so the
-    layer is the identity at initialisation whatever initialiser the host backbone applies to its
-    Linear layers: a pretrained backbone keeps its outputs until fine-tuning moves s. At s = 1 the
-    gate is the paper's ``sigmoid(G)``, scaled so that a neutral gate passes x unchanged.
+    G is :class:`NeuralMemory`'s global map of x and s a per-channel scale (initialised to 1, where
+    the gate is the paper's ``sigmoid(G)`` scaled so that a neutral gate passes x unchanged). The
+    memory's output projection starts at zero, so G = 0 and the layer is the identity at
+    initialisation: a pretrained backbone keeps its outputs until fine-tuning moves the projection.
+    That is how GCNet's ``ContextBlock`` and ``NonLocal2d`` start too. Starting s at 0 instead
+    (with G random) also gives the identity, but then each channel's gate can only open by
+    lr per step, and it learnt several times slower in a fine-tuning test (docs/design.md).
 
     Args:
         in_channels (int): C.
@@ -44,11 +47,12 @@ class MemoryGate(nn.Module):
             memory_dim = min(128, max(head_dim, in_channels // 4 // head_dim * head_dim))
         self.memory = NeuralMemory(in_channels, memory_dim, head_dim=head_dim,
                                    chunk_size=chunk_size, max_lr=max_lr, **memory_kwargs)
-        self.scale = nn.Parameter(torch.zeros(in_channels))
+        self.scale = nn.Parameter(torch.ones(in_channels))
         self.reset_parameters()
 
     def reset_parameters(self):
-        """The memory's own initialisation and s = 0: call after a host re-initialises layers."""
+        """The memory's own initialisation with a zero output projection, s = 1: call after a host
+        re-initialises layers."""
         for m in self.memory.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -57,7 +61,8 @@ class MemoryGate(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         self.memory._init_gates()
-        nn.init.zeros_(self.scale)
+        nn.init.zeros_(self.memory.proj.weight)
+        nn.init.ones_(self.scale)
 
     def init_weights(self):
         """Called by OpenMMLab hosts after their own initialisers: restores the gate's init."""
