@@ -116,11 +116,28 @@ def test_compare_real_summary_is_mean_and_95_ci():
                 for i, v in enumerate(values)]
 
     results = rows('convneur-m1', [80.0, 82.0, 84.0]) + rows('a', [90.0, 90.5, 91.0]) + \
-        rows('b', [81.0, 83.0, 85.0])
+        rows('b', [81.0, 83.0, 85.0]) + rows('resnet18', [70.0, 71.0, 72.0]) + \
+        rows('resnet18 gcnet', [69.0, 70.0, 71.0])
     text = tool.summarize(results, Args)
     # t(2 dof) = 4.303: 82 ± 4.303 * 2 / sqrt(3)
     assert '| convneur-m1 | 82.00 ± 4.97 | 3 | 10 |' in text
-    assert 'a: a higher; b: not separated' in text
+    assert ('a: a higher (against convneur-m1); b: not separated (against convneur-m1); '
+            'resnet18: convneur-m1 higher (against convneur-m1); '
+            'resnet18 gcnet: not separated (against resnet18)') in text
+
+
+def test_compare_real_keeps_runs_of_other_budgets_apart():
+    tool = load_tool('compare_real')
+
+    class Args:
+        work_dir = 'w'
+        budget = {'scenes-seg-ft': {'max_iters': 300}, 'scenes-cls': {'max_epochs': 1}}
+
+    assert tool.run_dir(Args, 'scenes-seg-ft', 'resnet18 gcnet', 2) == \
+        osp.join('w', 'scenes-seg-ft-300it', 'resnet18_gcnet', 'seed2')
+    # the default budget keeps the plain folder, where the fine-tuning finds its pre-training
+    assert tool.backbone_checkpoint(Args, 'resnet18 gcnet') == \
+        osp.join('w', 'scenes-cls', 'resnet18', 'seed0', 'backbone.pth')
 
 
 def test_compare_real_runs_the_pretraining_that_finetuning_needs_first(tmp_path):
@@ -139,7 +156,8 @@ def test_compare_real_runs_the_pretraining_that_finetuning_needs_first(tmp_path)
 
 def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_path):
     """Each scenes peer's classifier weights reach its detector and segmenter backbone, whatever
-    the backbone's own loading rules (mmdet's PVTv2 ignores ``prefix``)."""
+    the backbone's own loading rules (mmdet's PVTv2 ignores ``prefix``); a gated peer starts from
+    the bare peer's classifier with its gates at the identity."""
     from mmengine.config import Config
 
     from convneur_mm.engine.launch import build_task_model
@@ -148,7 +166,10 @@ def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_p
     class Args:
         work_dir = str(tmp_path)
 
-    for name in tool.run_names('scenes-det-ft'):
+    names = tool.run_names('scenes-det-ft')
+    assert set(tool.GATED) <= set(names)
+    expected = {}
+    for name in tool.SCENES:
         cls_cfg = tool.build_config('scenes-cls', name, 0, str(tmp_path / 'cls'),
                                     {'max_iters': 1})
         classifier = build_task_model(cls_cfg)
@@ -161,16 +182,27 @@ def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_p
         with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
             f.write(osp.join(work_dir, 'epoch_1.pth'))
         tool.export_backbone(work_dir)
-        expected = classifier.backbone.state_dict()
+        expected[name] = classifier.backbone.state_dict()
+    for name in names:
+        gated = name in tool.GATED
         for task in ('scenes-det-ft', 'scenes-seg-ft'):
             cfg = tool.build_config(task, name, 0, str(tmp_path / task), {'max_iters': 1},
                                     pretrained=tool.backbone_checkpoint(Args, name))
             model = build_task_model(Config.fromstring(cfg.pretty_text, '.py'))
             model.init_weights()
-            loaded = model.backbone.state_dict()
-            for key, value in expected.items():
+            backbone = model.backbone.backbone if gated else model.backbone
+            loaded = backbone.state_dict()
+            for key, value in expected[tool.pretraining(name)].items():
                 torch.testing.assert_close(loaded[key], value, rtol=0, atol=0,
                                            msg=f'{task} / {name}: {key}')
+            if gated:
+                assert list(model.backbone.gates) == [
+                    n.replace('.', '_') for n in tool.GATE_PLACES[tool.pretraining(name)]]
+                model.eval()
+                x = torch.rand(1, 3, 64, 64)
+                with torch.no_grad():
+                    for a, b in zip(model.backbone(x), backbone(x)):
+                        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize('tool, option', [('tools/benchmark.py', '--convneur-options'),

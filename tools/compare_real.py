@@ -49,8 +49,9 @@ TASKS = {
     'scenes-cls': dict(config='configs/scenes/convneur-m1_fashion-mnist-60k.py',
                        budget=dict(max_epochs=1), metrics={'top-1': 'accuracy/top1'},
                        data='fashion_scenes'),
+    # 100 iterations: a 21-run table (7 backbones x 3 seeds) in about 95 minutes on 2 cores
     'scenes-seg': dict(config='configs/scenes/fpn_convneur-m1_scenes-seg.py',
-                       budget=dict(max_iters=300), metrics={'mIoU': 'mIoU'}, data='fashion_scenes'),
+                       budget=dict(max_iters=100), metrics={'mIoU': 'mIoU'}, data='fashion_scenes'),
     'scenes-det': dict(config='configs/scenes/mask-rcnn_convneur-m1_fpn_scenes.py',
                        budget=dict(max_iters=300), metrics=DET_METRICS, data='fashion_scenes'),
 }
@@ -124,6 +125,15 @@ CONVNEUR.update({
     # such short from-scratch runs; ConvNeXt-V2 has no layer scale
     'm1 layer_scale=off': dict(layer_scale_init_value=0.),
 })
+# Issue 12's comparison: a pre-trained peer with a global branch after its last three stages
+# (mmdet's GCNet configs' c3-c5), started from the peer's own classifier; each gate is the
+# identity at initialisation, so every run starts from the same function as the bare peer.
+GATE_PLACES = {'resnet18': ['layer2', 'layer3', 'layer4'],
+               'convnextv2-atto': ['stages.1', 'stages.2', 'stages.3']}
+GATES = {'memory-gate': dict(),  # MemoryGate's defaults (the dense settings)
+         'gcnet': dict(type='ContextBlock', ratio=1. / 16),
+         'nonlocal': dict(type='NonLocal2d')}
+GATED = {f'{peer} {gate}': (peer, gate) for peer in GATE_PLACES for gate in GATES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
 SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'resnet18', 'convnextv2-atto',
           'convnextv2-femto', 'pvtv2-b0']
@@ -131,7 +141,7 @@ SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'resnet18', 'convne
 
 def run_names(task):
     if task.startswith('scenes-'):
-        return SCENES
+        return SCENES + list(GATED) if task.endswith('-ft') else SCENES
     names = MAIN + [n for n in CONVNEUR if n not in MAIN]
     if task != 'cls':
         # every stage of a 256x256 image fits in one 4096-token chunk: 'prev' then reads only
@@ -172,10 +182,14 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
         model.backbone.update(overrides)
         channels = arch_channels(model.backbone.arch)
     else:
-        backbone, channels = peers(task)[name]
+        peer, gate = GATED.get(name, (name, None))
+        backbone, channels = peers(task)[peer]
         model.backbone = backbone
     if pretrained:  # a backbone-only file (export_backbone): no prefix
         model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+    if name in GATED:
+        model.backbone = dict(type='convneur_mm.MemoryGated', backbone=model.backbone,
+                              after=GATE_PLACES[peer], gate=GATES[gate])
     if kind(task) == 'cls':
         model.head.in_channels = channels[-1]
         pooled = name in CONVNEUR or name in ('convnextv2-atto', 'convnextv2-femto', 'deit-tiny')
@@ -239,12 +253,26 @@ def job_of(result):
 
 
 def run_dir(args, task, name, seed):
-    return osp.join(args.work_dir, task, name.replace(' ', '_').replace('=', '-'), f'seed{seed}')
+    """``<work_dir>/<task>/<run>/seed<k>``; a budget other than the task's default adds its value
+    to the task's folder (``scenes-seg-ft-300it``), so that runs of different budgets never stand
+    in for each other."""
+    folder = task
+    budget = getattr(args, 'budget', {}).get(task, TASKS[task]['budget'])
+    if budget != TASKS[task]['budget']:
+        (key, n), = budget.items()
+        folder += f'-{n}{"ep" if key == "max_epochs" else "it"}'
+    return osp.join(args.work_dir, folder, name.replace(' ', '_').replace('=', '-'),
+                    f'seed{seed}')
+
+
+def pretraining(name):
+    """The scenes-cls run whose classifier starts ``name``: its own, or its peer's if gated."""
+    return GATED[name][0] if name in GATED else name
 
 
 def backbone_checkpoint(args, name):
     """Where the backbone weights of ``name``'s pre-training (scenes-cls, seed 0) go."""
-    return osp.join(run_dir(args, 'scenes-cls', name, 0), 'backbone.pth')
+    return osp.join(run_dir(args, 'scenes-cls', pretraining(name), 0), 'backbone.pth')
 
 
 def export_backbone(work_dir):
@@ -339,17 +367,19 @@ def summarize(results, args):
             secs = [r['seconds'] for r in mine if r['seconds']]
             lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {len(mine)} | '
                          + (f'{statistics.mean(secs):.0f}' if secs else '-') + ' |')
-        reference = by_run.get('convneur-m1', [])
         readings = []
         for name, mine in by_run.items():
-            if name == 'convneur-m1' or len(mine) < 2 or len(reference) < 2:
+            # ConvNeur's variants and the peers against M1; a gated peer against the bare peer
+            ref = GATED[name][0] if name in GATED else 'convneur-m1'
+            reference = by_run.get(ref, [])
+            if name == ref or len(mine) < 2 or len(reference) < 2:
                 continue
             side = separated([value(r, metrics[0]) for r in reference],
                              [value(r, metrics[0]) for r in mine])
-            readings.append(f'{name}: ' + {'a': 'convneur-m1 higher', 'b': f'{name} higher',
-                                           None: 'not separated'}[side])
+            readings.append(f'{name}: ' + {'a': f'{ref} higher', 'b': f'{name} higher',
+                                           None: 'not separated'}[side] + f' (against {ref})')
         if readings:
-            lines += ['', f'{metrics[0]} against convneur-m1 (95% CIs): ' + '; '.join(readings)]
+            lines += ['', f'{metrics[0]}, 95% CIs: ' + '; '.join(readings)]
         lines.append('')
     return '\n'.join(lines)
 
@@ -400,7 +430,7 @@ def main():
             names = [n for n in names if n in args.runs]
         jobs += [(task, n, s) for n in names for s in args.seeds]
     # a fine-tuning run needs its backbone's pre-training (seed 0), which therefore runs first
-    needed = [('scenes-cls', n, 0) for t, n, _ in jobs if TASKS[t].get('pretrain')]
+    needed = [('scenes-cls', pretraining(n), 0) for t, n, _ in jobs if TASKS[t].get('pretrain')]
     jobs = list(dict.fromkeys(needed + jobs))
     if args.list:
         for job in jobs:

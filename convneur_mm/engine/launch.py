@@ -86,7 +86,10 @@ def check_datasets(cfg, config_path, loaders=('train_dataloader', 'val_dataloade
 
 def check_pretrained(cfg, config_path):
     """Fail at once if the backbone's ``Pretrained`` checkpoint is a local file that is missing."""
-    init_cfg = cfg.model.get('backbone', {}).get('init_cfg')
+    backbone, key = cfg.model.get('backbone', {}), 'model.backbone.init_cfg'
+    init_cfg = backbone.get('init_cfg')
+    if init_cfg is None and isinstance(backbone.get('backbone'), dict):  # MemoryGated's backbone
+        init_cfg, key = backbone.backbone.get('init_cfg'), 'model.backbone.backbone.init_cfg'
     if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
         return
     checkpoint = init_cfg.get('checkpoint')
@@ -96,10 +99,10 @@ def check_pretrained(cfg, config_path):
     source = cfg.get('pretrain_config') or 'the matching configs/mmpretrain/ config'
     raise SystemExit(
         f'{config_path}: the backbone starts from the pre-trained checkpoint {checkpoint!r} '
-        f'(model.backbone.init_cfg), which does not exist.\n'
+        f'({key}), which does not exist.\n'
         f'Train it with {source}, point to yours with '
-        f'--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
-        f'--cfg-options model.backbone.init_cfg=None.')
+        f'--cfg-options {key}.checkpoint=PATH, or train from scratch with '
+        f'--cfg-options {key}=None.')
 
 
 def enable_amp(cfg):
