@@ -58,12 +58,25 @@ def _mmpretrain(name, **kwargs):
     return build
 
 
-def _gated(backbone, after):
-    """A peer with a convneur_mm.MemoryGate after each stage: what the plug-in costs."""
+def _gated(backbone, after, gate=None):
+    """A peer with a convneur_mm.MemoryGate (or ``gate``, another plug-in layer) after the named
+    stages: what the plug-in costs."""
     def build():
+        import mmcv.cnn  # noqa: F401  (registers ContextBlock and NonLocal2d)
+
         from convneur_mm import MemoryGated
-        return MemoryGated(backbone, after=after)
+        return MemoryGated(backbone, after=after, gate=gate)
     return build
+
+
+RESNET18 = dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3))
+CONVNEXTV2_ATTO = dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
+                       layer_scale_init_value=0., out_indices=(0, 1, 2, 3))
+# global branches after stages 2-4 (GCNet's c3-c5), as tools/compare_real.py fine-tunes them
+C3_C5 = {'resnet18': (RESNET18, ['layer2', 'layer3', 'layer4']),
+         'convnextv2-atto': (CONVNEXTV2_ATTO, ['stages.1', 'stages.2', 'stages.3'])}
+C3_C5_GATES = {'memory': None, 'gcnet': dict(type='ContextBlock', ratio=1 / 16),
+               'nonlocal': dict(type='NonLocal2d')}
 
 
 def _pvtv2(embed_dims, num_layers):
@@ -97,12 +110,11 @@ MODELS = {
                                       out_indices=(0, 1, 2, 3))),
     'poolformer-s12': ('metaformer', _mmpretrain('PoolFormer', arch='s12', out_indices=(0, 2, 4, 6))),
     # peers with a memory gate after each stage (chunk 4096, max_lr 1e-3, C_m = C / 4 up to 128)
-    'resnet18+memory': ('gated', _gated(
-        dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3)),
-        ['layer1', 'layer2', 'layer3', 'layer4'])),
+    'resnet18+memory': ('gated', _gated(RESNET18, ['layer1', 'layer2', 'layer3', 'layer4'])),
     'convnextv2-atto+memory': ('gated', _gated(
-        dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True, layer_scale_init_value=0.,
-             out_indices=(0, 1, 2, 3)), ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
+        CONVNEXTV2_ATTO, ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
+    **{f'{peer}+{gate}-c3c5': ('gated', _gated(backbone, after, cfg))
+       for peer, (backbone, after) in C3_C5.items() for gate, cfg in C3_C5_GATES.items()},
 }
 QUICK_MODELS = ['convneur-m1', 'convneur-m2', 'convneur-m1-compiled', 'convneur-m2-compiled',
                 'convneur-m1-local', 'convneur-m2-local', 'resnet18', 'convnextv2-atto',
