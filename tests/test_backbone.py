@@ -10,6 +10,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 from convneur_mm import ConvNeur, NeuralMemory
+from convneur_mm.models.convneur import ConvNeurBlock
 from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
 
 STRIDES = (4, 8, 16, 32)
@@ -137,6 +138,27 @@ def test_fusion_gate_multiplies_and_add_adds():
             context = torch.sigmoid(g) if fusion == 'gate' else g
             expected = local * context if fusion == 'gate' else local + 0.5 * g
             torch.testing.assert_close(block(x, context) - x, expected)
+
+
+def test_zero_init_memory_starts_from_the_local_only_network():
+    """G = 0 everywhere: the network is the local-only one with its layer scales halved (the
+    constant gate sigmoid(0)), and the zero projection still gets a gradient."""
+    torch.manual_seed(0)
+    model = ConvNeur('m1', zero_init_memory=True)
+    model.init_weights()
+    local = ConvNeur('m1', memory_placement='none')
+    assert not local.load_state_dict(model.state_dict(), strict=False).missing_keys
+    with torch.no_grad():
+        for block in local.modules():
+            if isinstance(block, ConvNeurBlock):
+                block.gamma.mul_(0.5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x), local.eval()(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    sum(o.sum() for o in model.train()(x)).backward()
+    assert all(m.proj.weight.grad.abs().sum() > 0
+               for m in model.modules() if isinstance(m, NeuralMemory))
 
 
 def test_out_indices_and_unbuilt_stages():
@@ -278,6 +300,7 @@ def test_get_layer_depth():
     (dict(max_lr=0), ValueError, 'max_lr'),
     (dict(chunks_per_group=0), ValueError, r'chunks_per_group must be an int >= 1.*or None.*got 0'),
     (dict(grad_clip=-1.0), ValueError, r'grad_clip must be None \(no clip\) or > 0, got -1.0'),
+    (dict(zero_init_memory=1), ValueError, 'zero_init_memory must be True or False, got 1'),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):
     kwargs.setdefault('arch', 'm1')

@@ -208,6 +208,12 @@ class ConvNeur(BaseModule):
             :class:`NeuralMemory`). Default: False.
         compile_memory (bool): run every memory through ``torch.compile`` (compiled on the
             first call; eager while tracing or exporting). Default: False.
+        zero_init_memory (bool): start every memory's output projection at zero, so that G = 0:
+            training starts from the local-only network (its branches scaled by the constant
+            gate sigmoid(0) = 1/2) and the memory enters as the projection learns, as
+            ``zero_init_residual`` does for ResNet's blocks. An initialisation for training from
+            scratch, not an architecture change. Default: False (the projection is initialised
+            like every other layer).
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -245,9 +251,12 @@ class ConvNeur(BaseModule):
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
                  chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
-                 compile_memory=False,
+                 compile_memory=False, zero_init_memory=False,
                  gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        if not isinstance(zero_init_memory, bool):
+            raise ValueError(f'zero_init_memory must be True or False, got {zero_init_memory!r}')
+        self.zero_init_memory = zero_init_memory
         self.arch = self.parse_arch(arch)
         widths, depths = self.arch['widths'], self.arch['depths']
         self.out_indices = self._parse_out_indices(out_indices)
@@ -391,6 +400,9 @@ class ConvNeur(BaseModule):
         for m in self.modules():
             if isinstance(m, NeuralMemory):
                 m._init_gates()
+                if self.zero_init_memory:
+                    nn.init.zeros_(m.proj.weight)
+                    nn.init.zeros_(m.proj.bias)
         for cfg in pretrained:
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                             map_location=cfg.get('map_location', 'cpu'))
