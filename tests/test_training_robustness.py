@@ -39,14 +39,16 @@ def test_killed_run_resumes_to_the_same_weights(demo_options, tmp_path):
     whole, killed = tmp_path / 'whole', tmp_path / 'killed'
     subprocess.run(_train_cmd(whole, demo_options), check=True, capture_output=True)
 
+    # its own process group: the kill below takes its data-loader worker too, which otherwise
+    # outlived the test
     proc = subprocess.Popen(_train_cmd(killed, demo_options), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     marker = killed / 'last_checkpoint'
     deadline = time.time() + 300
     while not (marker.exists() and marker.read_text().strip().endswith('iter_8.pth')):
         assert proc.poll() is None and time.time() < deadline, 'run ended before iteration 8'
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # a real, unclean interruption
+    os.killpg(proc.pid, signal.SIGKILL)  # a real, unclean interruption
     proc.wait()
     assert not (killed / 'iter_12.pth').exists()
 
