@@ -13,6 +13,8 @@ The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepa
 
 ``scenes-det`` / ``scenes-seg`` train from scratch; the ``-ft`` tasks start every backbone from
 its own ``scenes-cls`` classifier (seed 0, loaded with ``prefix='backbone.'``), which runs first.
+They also hold ResNet-18 and ConvNeXt-V2-atto with a memory gate, GCNet's ContextBlock or
+NonLocal2d after stages 2-4 (``--runs "resnet18 memory-gate"``), each read against the bare peer.
 Recipe choices are made on the validation scenes (``--split val``, the default); ``--split test``
 evaluates the finished runs' checkpoints on the test scenes without training them again.
 
@@ -128,7 +130,7 @@ CONVNEUR.update({
     # projection) and the memory enters as it learns
     'm1 zero_init_memory': dict(zero_init_memory=True),
 })
-# Issue 12's comparison: a pre-trained peer with a global branch after its last three stages
+# Pre-trained peers with a global branch after their last three stages
 # (mmdet's GCNet configs' c3-c5), started from the peer's own classifier; each gate is the
 # identity at initialisation, so every run starts from the same function as the bare peer.
 GATE_PLACES = {'resnet18': ['layer2', 'layer3', 'layer4'],

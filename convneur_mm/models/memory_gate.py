@@ -20,7 +20,7 @@ class MemoryGate(nn.Module):
     initialisation: a pretrained backbone keeps its outputs until fine-tuning moves the projection.
     That is how GCNet's ``ContextBlock`` and ``NonLocal2d`` start too. Starting s at 0 instead
     (with G random) also gives the identity, but then each channel's gate can only open by
-    lr per step, and it learnt several times slower in a fine-tuning test (docs/design.md).
+    lr per step, and it learnt about ten times slower in a fine-tuning test (docs/design.md).
 
     Args:
         in_channels (int): C.
