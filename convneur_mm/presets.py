@@ -75,3 +75,13 @@ def gray_classification_pipelines(image_size, padding):
              dict(type='RandomFlip', prob=0.5, direction='horizontal'), dict(type='PackInputs')]
     test = [dict(type='LoadImageFromFile'), dict(resize), dict(type='PackInputs')]
     return train, test
+
+
+# Global branches compared on pre-trained peers (tools/compare_real.py fine-tunes them,
+# tools/benchmark.py times them): each after stages 2-4, the c3-c5 placement of mmdet's GCNet
+# configs, and each the identity at initialisation. A ``MemoryGated`` ``gate`` argument per name.
+C3_C5_PLACES = {'resnet18': ['layer2', 'layer3', 'layer4'],
+                'convnextv2-atto': ['stages.1', 'stages.2', 'stages.3']}
+GLOBAL_BRANCHES = {'memory-gate': dict(),  # MemoryGate's defaults (the dense settings)
+                   'gcnet': dict(type='ContextBlock', ratio=1. / 16),
+                   'nonlocal': dict(type='NonLocal2d')}

@@ -197,7 +197,7 @@ def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_p
                                            msg=f'{task} / {name}: {key}')
             if gated:
                 assert list(model.backbone.gates) == [
-                    n.replace('.', '_') for n in tool.GATE_PLACES[tool.pretraining(name)]]
+                    n.replace('.', '_') for n in tool.C3_C5_PLACES[tool.pretraining(name)]]
                 model.eval()
                 x = torch.rand(1, 3, 64, 64)
                 with torch.no_grad():

@@ -38,6 +38,7 @@ from mmengine.config import DictAction
 from convneur_mm.analysis import count_flops, count_params
 from convneur_mm.engine.launch import key_value
 from convneur_mm.models import ConvNeur
+from convneur_mm.presets import C3_C5_PLACES, GLOBAL_BRANCHES
 
 # name: (family, builder). The peers are the backbones only, with the defaults their dense
 # prediction configs use, so the comparison is backbone against backbone.
@@ -69,15 +70,10 @@ def _gated(backbone, after, gate=None):
     return build
 
 
-RESNET18 = dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3))
-CONVNEXTV2_ATTO = dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
-                       layer_scale_init_value=0., out_indices=(0, 1, 2, 3))
-# global branches after stages 2-4 (GCNet's c3-c5), as tools/compare_real.py fine-tunes them
-C3_C5 = {'resnet18': (RESNET18, ['layer2', 'layer3', 'layer4']),
-         'convnextv2-atto': (CONVNEXTV2_ATTO, ['stages.1', 'stages.2', 'stages.3'])}
-C3_C5_GATES = {'memory': None, 'gcnet': dict(type='ContextBlock', ratio=1 / 16),
-               'nonlocal': dict(type='NonLocal2d')}
-
+# the peers that take gates, as MemoryGated builds them
+PEERS = {'resnet18': dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3)),
+         'convnextv2-atto': dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
+                                 layer_scale_init_value=0., out_indices=(0, 1, 2, 3))}
 
 def _pvtv2(embed_dims, num_layers):
     def build():
@@ -110,11 +106,13 @@ MODELS = {
                                       out_indices=(0, 1, 2, 3))),
     'poolformer-s12': ('metaformer', _mmpretrain('PoolFormer', arch='s12', out_indices=(0, 2, 4, 6))),
     # peers with a memory gate after each stage (chunk 4096, max_lr 1e-3, C_m = C / 4 up to 128)
-    'resnet18+memory': ('gated', _gated(RESNET18, ['layer1', 'layer2', 'layer3', 'layer4'])),
+    'resnet18+memory': ('gated', _gated(
+        PEERS['resnet18'], ['layer1', 'layer2', 'layer3', 'layer4'])),
     'convnextv2-atto+memory': ('gated', _gated(
-        CONVNEXTV2_ATTO, ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
-    **{f'{peer}+{gate}-c3c5': ('gated', _gated(backbone, after, cfg))
-       for peer, (backbone, after) in C3_C5.items() for gate, cfg in C3_C5_GATES.items()},
+        PEERS['convnextv2-atto'], ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
+    # the global branches tools/compare_real.py fine-tunes on pre-trained peers
+    **{f'{peer}+{gate}-c3c5': ('gated', _gated(PEERS[peer], after, cfg))
+       for peer, after in C3_C5_PLACES.items() for gate, cfg in GLOBAL_BRANCHES.items()},
 }
 QUICK_MODELS = ['convneur-m1', 'convneur-m2', 'convneur-m1-compiled', 'convneur-m2-compiled',
                 'convneur-m1-local', 'convneur-m2-local', 'resnet18', 'convnextv2-atto',

@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mmengine.config import Config
 
+from convneur_mm.presets import C3_C5_PLACES, GLOBAL_BRANCHES
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
 TASKS = {
@@ -130,15 +132,9 @@ CONVNEUR.update({
     # projection) and the memory enters as it learns
     'm1 zero_init_memory': dict(zero_init_memory=True),
 })
-# Pre-trained peers with a global branch after their last three stages
-# (mmdet's GCNet configs' c3-c5), started from the peer's own classifier; each gate is the
-# identity at initialisation, so every run starts from the same function as the bare peer.
-GATE_PLACES = {'resnet18': ['layer2', 'layer3', 'layer4'],
-               'convnextv2-atto': ['stages.1', 'stages.2', 'stages.3']}
-GATES = {'memory-gate': dict(),  # MemoryGate's defaults (the dense settings)
-         'gcnet': dict(type='ContextBlock', ratio=1. / 16),
-         'nonlocal': dict(type='NonLocal2d')}
-GATED = {f'{peer} {gate}': (peer, gate) for peer in GATE_PLACES for gate in GATES}
+# Pre-trained peers with a global branch after stages 2-4, started from the peer's own
+# classifier; every branch starts as the identity, so each run starts from the bare peer.
+GATED = {f'{peer} {gate}': (peer, gate) for peer in C3_C5_PLACES for gate in GLOBAL_BRANCHES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
 SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory', 'resnet18',
           'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
@@ -194,7 +190,7 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
         model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
     if name in GATED:
         model.backbone = dict(type='convneur_mm.MemoryGated', backbone=model.backbone,
-                              after=GATE_PLACES[peer], gate=GATES[gate])
+                              after=C3_C5_PLACES[peer], gate=GLOBAL_BRANCHES[gate])
     if kind(task) == 'cls':
         model.head.in_channels = channels[-1]
         pooled = name in CONVNEUR or name in ('convnextv2-atto', 'convnextv2-femto', 'deit-tiny')
