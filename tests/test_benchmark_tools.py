@@ -188,6 +188,8 @@ def test_compare_real_finetuning_starts_every_backbone_from_its_classifier(tmp_p
         for task in ('scenes-det-ft', 'scenes-seg-ft'):
             cfg = tool.build_config(task, name, 0, str(tmp_path / task), {'max_iters': 1},
                                     pretrained=tool.backbone_checkpoint(Args, name))
+            # the base's own budget variable follows too, so the dumped config reads true
+            assert cfg.train_cfg.max_iters == cfg.get('max_iters', 1) == 1, (task, name)
             model = build_task_model(Config.fromstring(cfg.pretty_text, '.py'))
             model.init_weights()
             backbone = model.backbone.backbone if gated else model.backbone

@@ -217,6 +217,9 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
         iters = budget['max_iters']
         cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = iters
         cfg.default_hooks.checkpoint.interval = iters
+    for key, n in budget.items():  # the base's own budget variable, so the dumped config reads true
+        if key in cfg:
+            cfg[key] = n
     warmup = max(1, iters // 10)
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup)]
