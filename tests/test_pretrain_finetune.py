@@ -25,21 +25,23 @@ def test_finetune_configs_name_their_pretraining(tmp_path, monkeypatch):
             check_pretrained(cfg, config)
 
 
-def test_gated_peer_config_is_the_comparison_run(tmp_path, monkeypatch):
-    """The shipped memory-gated ResNet-18 scenes config builds what tools/compare_real.py's
-    `resnet18 memory-gate` run trains, and names that tool's pre-training when it is missing."""
+@pytest.mark.parametrize('task, config', [
+    ('scenes-seg-ft', 'configs/scenes/fpn_resnet18-memory-gated_scenes-seg_pretrained.py'),
+    ('scenes-det-ft', 'configs/scenes/mask-rcnn_resnet18-memory-gated_fpn_scenes_pretrained.py')])
+def test_gated_peer_config_is_the_comparison_run(task, config, tmp_path, monkeypatch):
+    """The shipped memory-gated ResNet-18 scenes configs build what tools/compare_real.py's
+    `resnet18 memory-gate` runs train, and name that tool's pre-training when it is missing."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('compare_real', REPO / 'tools/compare_real.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    config = 'configs/scenes/fpn_resnet18-memory-gated_scenes-seg_pretrained.py'
     shipped = Config.fromfile(str(REPO / config))
 
     class Args:
         work_dir = 'work_dirs/compare_real'
 
-    run = tool.build_config('scenes-seg-ft', 'resnet18 memory-gate', 0, str(tmp_path),
-                            tool.TASKS['scenes-seg-ft']['budget'],
+    run = tool.build_config(task, 'resnet18 memory-gate', 0, str(tmp_path),
+                            tool.TASKS[task]['budget'],
                             pretrained=tool.backbone_checkpoint(Args, 'resnet18'))
     assert shipped.model.to_dict() == run.model.to_dict()
     assert shipped.optim_wrapper.to_dict() == run.optim_wrapper.to_dict()

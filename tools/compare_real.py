@@ -136,8 +136,8 @@ CONVNEUR.update({
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
 GATED = {f'{peer} {gate}': (peer, gate) for peer in C3_C5_PLACES for gate in GLOBAL_BRANCHES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
-SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory', 'resnet18',
-          'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
+SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory',
+          'm1 layer_scale=off', 'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
 
 def run_names(task):

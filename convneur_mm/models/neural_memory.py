@@ -107,21 +107,22 @@ class FastWeights(nn.Module):
         """LN(z W) (or LN(gelu(z W1) W2)) without the affine part, for z (G', n, d).
 
         ``weights`` are (G', fan_in, fan_out). Returns the normalised (G', n, d) map and a cache
-        for :meth:`grad`.
+        for :meth:`chunk_grads`.
         """
+        # The LayerNorm's centring is linear, so it is applied to the last (d x d or rd x d)
+        # matrix instead of to every token: two small passes instead of two over the tokens.
+        last = weights[-1] - weights[-1].mean(-1, keepdim=True)
         if self.memory_type == 'linear':
             hidden = act = None
-            pre = torch.bmm(z, weights[0])
+            centred = torch.bmm(z, last)
         else:
             hidden = torch.bmm(z, weights[0])
             act = F.gelu(hidden)
-            pre = torch.bmm(act, weights[1])
-        # Written out rather than Tensor.var (slow on CPU for a short last dimension), and rstd
-        # is kept because the closed-form gradient needs it.
-        centred = pre - pre.mean(-1, keepdim=True)
+            centred = torch.bmm(act, last)
+        # rstd is kept because the closed-form gradient needs it
         rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + 1e-5)
         normed = centred * rstd
-        return normed, (z, hidden, act, normed, rstd)
+        return normed, (z, hidden, act, normed, rstd, last)
 
     def forward(self, weights, z, ln):
         """Read the memory: f_W(z) = z + LN(...) for z (G, n, d)."""
@@ -142,15 +143,15 @@ class FastWeights(nn.Module):
         Returns:
             list of (G, P, fan_in, fan_out) gradients, in the order of ``weights``.
         """
-        z, hidden, act, normed, rstd = cache
+        z, hidden, act, normed, rstd, last = cache
         G, n, _ = z.shape
         lr_z = lr * z if lr_z is None else lr_z
         g = d_normed
-        # Back through the normalisation (the standard LayerNorm backward). Everything after
-        # this point is linear per token, so the step size is applied to the (smaller) inputs
-        # of the final products instead of to the gradient.
-        d_pre = rstd * (g - g.mean(-1, keepdim=True)
-                        - normed * (g * normed).mean(-1, keepdim=True))
+        # Back through the normalisation: the standard LayerNorm backward
+        # d_pre = rstd * centre(g - normed * mean(g * normed)). Everything after it is linear per
+        # token, so rstd and the step size scale the (smaller) left factors of the final
+        # products, and the centring (over the output dimension) is applied to the products.
+        h = torch.addcmul(g, normed, (g * normed).mean(-1, keepdim=True), value=-1)
 
         def per_chunk(left, right):  # sum over each chunk's tokens of left^T right
             a, b = left.shape[-1], right.shape[-1]
@@ -158,14 +159,18 @@ class FastWeights(nn.Module):
                             right.reshape(G * num_chunks, -1, b))
             return out.view(G, num_chunks, a, b)
 
+        def centre(u):
+            return u - u.mean(-1, keepdim=True)
+
         if self.memory_type == 'linear':
-            return [per_chunk(lr_z, d_pre)]
-        d_act = torch.bmm(d_pre, weights[1].transpose(1, 2))
+            return [centre(per_chunk(lr_z * rstd, h))]
+        # d_act = d_pre W2^T = rstd * h (centre(W2))^T, centring being symmetric
+        d_act = rstd * torch.bmm(h, last.transpose(1, 2))
         # derivative of the exact (erf) GELU: Phi(x) + x * phi(x)
         cdf = 0.5 * (1 + torch.erf(hidden * (1 / math.sqrt(2))))
         pdf = torch.exp(-0.5 * hidden.square()) * (1 / math.sqrt(2 * math.pi))
         d_hidden = d_act * (cdf + hidden * pdf)
-        return [per_chunk(lr_z, d_hidden), per_chunk(lr * act, d_pre)]
+        return [per_chunk(lr_z, d_hidden), centre(per_chunk(lr * rstd * act, h))]
 
 
 def _segment_weights(log_a):
