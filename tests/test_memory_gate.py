@@ -1,5 +1,6 @@
 """The memory gate as an mmcv plug-in and the MemoryGated wrapper around other backbones."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from mmengine.registry import MODELS
 
 import convneur_mm  # noqa: F401  (registers the modules)
 from convneur_mm import MemoryGate, MemoryGated
+
+REPO = Path(__file__).resolve().parents[1]
 
 RESNET50_PLUGINS = [dict(cfg=dict(type='convneur_mm.MemoryGate'), stages=(False, True, True, True),
                          position='after_conv3')]
@@ -234,6 +237,43 @@ def test_wrapped_backbone_exports_to_onnx(tmp_path):
         ref = model(x)
     for o, r in zip(outs, ref):
         assert np.abs(o - r.numpy()).max() <= 1e-4 * np.abs(r.numpy()).max()
+
+
+GATED_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'configs').rglob('*.py')
+                       if 'MemoryGate' in p.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', GATED_CONFIGS)
+def test_gated_backbones_of_the_configs_export_to_onnx(path, tmp_path):
+    """Every shipped config with memory gates (plug-ins or the wrapper): its backbone, with the
+    gates moved off the identity, exports to ONNX and runs in onnxruntime like in PyTorch."""
+    import numpy as np
+    import onnxruntime as ort
+    from mmengine.config import Config
+
+    from convneur_mm.engine.launch import build_task_model
+    cfg = Config.fromfile(str(REPO / path))
+    gated = cfg.model.backbone.type == 'convneur_mm.MemoryGated'
+    (cfg.model.backbone.backbone if gated else cfg.model.backbone).init_cfg = None
+    torch.manual_seed(0)
+    backbone = build_task_model(cfg).backbone
+    backbone.eval()
+    gates = [m for m in backbone.modules() if isinstance(m, MemoryGate)]
+    assert gates, path
+    with torch.no_grad():
+        for g in gates:
+            g.memory.proj.weight.normal_()
+    x = torch.randn(1, 3, 96, 128)
+    onnx_path = str(tmp_path / 'backbone.onnx')
+    torch.onnx.export(backbone, (x,), onnx_path, dynamo=True, input_names=['input'])
+    outs = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider']).run(
+        None, {'input': x.numpy()})
+    with torch.no_grad():
+        ref = _outputs(backbone, x)
+    assert len(outs) == len(ref)
+    for o, r in zip(outs, ref):
+        assert np.abs(o - r.numpy()).max() <= 1e-4 * np.abs(r.numpy()).max(), path
 
 
 def _gate_fit(gate, steps=40):
