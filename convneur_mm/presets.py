@@ -77,6 +77,10 @@ def gray_classification_pipelines(image_size, padding):
     return train, test
 
 
+# ConvNeXt-V2 as mmpretrain's ConvNeXt builds it (with ``arch='atto'``, ``'femto'``, ...): global
+# response normalisation and no layer scale. The peer of every comparison tool.
+CONVNEXTV2 = dict(use_grn=True, layer_scale_init_value=0.)
+
 # Global branches compared on pre-trained peers (tools/compare_real.py fine-tunes them,
 # tools/benchmark.py times them): each after stages 2-4, the c3-c5 placement of mmdet's GCNet
 # configs, and each the identity at initialisation. A ``MemoryGated`` ``gate`` argument per name.

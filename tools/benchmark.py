@@ -38,7 +38,7 @@ from mmengine.config import DictAction
 from convneur_mm.analysis import count_flops, count_params
 from convneur_mm.engine.launch import key_value
 from convneur_mm.models import ConvNeur
-from convneur_mm.presets import C3_C5_PLACES, GLOBAL_BRANCHES
+from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES
 
 # name: (family, builder). The peers are the backbones only, with the defaults their dense
 # prediction configs use, so the comparison is backbone against backbone.
@@ -70,10 +70,11 @@ def _gated(backbone, after, gate=None):
     return build
 
 
-# the peers that take gates, as MemoryGated builds them
-PEERS = {'resnet18': dict(type='mmpretrain.ResNet', depth=18, out_indices=(0, 1, 2, 3)),
-         'convnextv2-atto': dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
-                                 layer_scale_init_value=0., out_indices=(0, 1, 2, 3))}
+FOUR_MAPS = dict(out_indices=(0, 1, 2, 3))
+# the peers that take gates, as MemoryGated builds them (the same arguments as their bare rows)
+PEERS = {'resnet18': dict(type='mmpretrain.ResNet', depth=18, **FOUR_MAPS),
+         'convnextv2-atto': dict(type='mmpretrain.ConvNeXt', arch='atto', **CONVNEXTV2, **FOUR_MAPS)}
+
 
 def _pvtv2(embed_dims, num_layers):
     def build():
@@ -90,10 +91,9 @@ MODELS = {
     # the same networks without their global branch: what the memory costs
     **{f'convneur-{a}-local': ('convneur-local', _convneur(a, memory_placement='none'))
        for a in CONVNEUR},
-    'resnet18': ('conv', _mmpretrain('ResNet', depth=18, out_indices=(0, 1, 2, 3))),
-    'resnet50': ('conv', _mmpretrain('ResNet', depth=50, out_indices=(0, 1, 2, 3))),
-    **{f'convnextv2-{a}': ('conv', _mmpretrain('ConvNeXt', arch=a, use_grn=True,
-                                               layer_scale_init_value=0., out_indices=(0, 1, 2, 3)))
+    'resnet18': ('conv', _mmpretrain('ResNet', depth=18, **FOUR_MAPS)),
+    'resnet50': ('conv', _mmpretrain('ResNet', depth=50, **FOUR_MAPS)),
+    **{f'convnextv2-{a}': ('conv', _mmpretrain('ConvNeXt', arch=a, **CONVNEXTV2, **FOUR_MAPS))
        for a in ('atto', 'femto', 'pico', 'nano')},
     'pvtv2-b0': ('pvtv2', _pvtv2(32, [2, 2, 2, 2])),
     'pvtv2-b1': ('pvtv2', _pvtv2(64, [2, 2, 2, 2])),

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mmengine.config import Config
 
-from convneur_mm.presets import C3_C5_PLACES, GLOBAL_BRANCHES
+from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
@@ -70,7 +70,7 @@ def kind(task):
 
 
 # Backbones per task scope; (backbone cfg, output channels, extra model overrides).
-CONVNEXTV2_ATTO = dict(arch='atto', use_grn=True, layer_scale_init_value=0., drop_path_rate=0.)
+CONVNEXTV2_ATTO = dict(arch='atto', **CONVNEXTV2, drop_path_rate=0.)
 CONVNEXTV2_FEMTO = dict(CONVNEXTV2_ATTO, arch='femto')
 PVTV2_B0 = dict(embed_dims=32, num_layers=[2, 2, 2, 2], drop_path_rate=0.)
 

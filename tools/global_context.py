@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convneur_mm.presets import CONVNEXTV2
 from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, marker_sensitivity,
                                 split_pools, train_probe)
 
@@ -77,6 +78,9 @@ DEFAULT_VARIANTS = ('memory', 'memory center', 'local', 'convnextv2-atto', 'pvtv
 
 
 # ----------------------------------------------------------------------------- models
+ATTO = dict(arch='atto', **CONVNEXTV2, gap_before_final_norm=False)
+
+
 def build(variant, stages):
     spec = VARIANTS[variant]
     out = tuple(range(stages))
@@ -90,17 +94,14 @@ def build(variant, stages):
         channels = backbone.out_channels
     elif spec == 'convnextv2-atto':
         from mmpretrain.models import ConvNeXt
-        backbone = ConvNeXt(arch='atto', use_grn=True, layer_scale_init_value=0.,
-                            out_indices=out, gap_before_final_norm=False)
+        backbone = ConvNeXt(**ATTO, out_indices=out)
         backbone.init_weights()
         channels = [40, 80, 160, 320][:stages]
     elif isinstance(spec, tuple):  # ('convnextv2-atto', gate): a gate after each probed stage
         import mmcv.cnn  # noqa: F401  (registers GCNet's ContextBlock)
         import mmpretrain.models  # noqa: F401
         from convneur_mm import MemoryGated
-        backbone = MemoryGated(dict(type='mmpretrain.ConvNeXt', arch='atto', use_grn=True,
-                                    layer_scale_init_value=0., out_indices=out,
-                                    gap_before_final_norm=False),
+        backbone = MemoryGated(dict(type='mmpretrain.ConvNeXt', **ATTO, out_indices=out),
                                after=[f'stages.{i}' for i in range(stages)], gate=spec[1])
         backbone.init_weights()
         channels = [40, 80, 160, 320][:stages]
