@@ -161,6 +161,31 @@ def test_zero_init_memory_starts_from_the_local_only_network():
                for m in model.modules() if isinstance(m, NeuralMemory))
 
 
+def test_gate_bias_init_sets_where_the_gate_starts():
+    """With a zero projection the gate is exactly sigmoid(gate_bias_init) everywhere; with the
+    default projection only the bias changes, so every weight matches the default model's."""
+    torch.manual_seed(0)
+    model = ConvNeur('m1', zero_init_memory=True, gate_bias_init=2.0)
+    model.init_weights()
+    x = model.stem(torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        for stage in model.stages:
+            gate = torch.sigmoid(stage.memory(stage.downsample(x)))
+            torch.testing.assert_close(gate, torch.full_like(gate, 1 / (1 + math.exp(-2))))
+            x = stage(x)
+    torch.manual_seed(0)
+    default = ConvNeur('m1')
+    default.init_weights()
+    torch.manual_seed(0)
+    shifted = ConvNeur('m1', gate_bias_init=2.0)
+    shifted.init_weights()
+    for (name, a), b in zip(default.state_dict().items(), shifted.state_dict().values()):
+        if name.endswith('memory.proj.bias'):
+            assert torch.all(b == 2.0), name
+        else:
+            assert torch.equal(a, b), name
+
+
 def test_out_indices_and_unbuilt_stages():
     model = build('m1', out_indices=(1, 2))
     assert len(model.stages) == 3 and model.out_channels == (80, 160)
@@ -301,6 +326,9 @@ def test_get_layer_depth():
     (dict(chunks_per_group=0), ValueError, r'chunks_per_group must be an int >= 1.*or None.*got 0'),
     (dict(grad_clip=-1.0), ValueError, r'grad_clip must be None \(no clip\) or > 0, got -1.0'),
     (dict(zero_init_memory=1), ValueError, 'zero_init_memory must be True or False, got 1'),
+    (dict(gate_bias_init='2'), ValueError, "gate_bias_init must be a finite number, got '2'"),
+    (dict(gate_bias_init=float('nan')), ValueError, 'gate_bias_init must be a finite number'),
+    (dict(gate_bias_init=2.0, fusion='add'), ValueError, r"needs fusion='gate', got fusion='add'"),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):
     kwargs.setdefault('arch', 'm1')

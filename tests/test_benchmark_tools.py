@@ -1,6 +1,7 @@
 """tools/benchmark.py and tools/compare_real.py: their arithmetic, and a small run of each."""
 import csv
 import importlib.util
+import json
 import os
 import os.path as osp
 import subprocess
@@ -124,6 +125,31 @@ def test_compare_real_summary_is_mean_and_95_ci():
     assert ('a: a higher (against convneur-m1); b: not separated (against convneur-m1); '
             'resnet18: convneur-m1 higher (against convneur-m1); '
             'resnet18 gcnet: not separated (against resnet18)') in text
+
+
+def test_compare_real_tables_keep_the_runs_of_earlier_invocations(tmp_path):
+    """A table is every finished run of its task and budget, not only this invocation's."""
+    tool = load_tool('compare_real')
+
+    class Args:
+        work_dir = str(tmp_path)
+        budget = {'scenes-cls': {'max_epochs': 1}, 'scenes-seg-ft': {'max_iters': 100}}
+
+    def finished(task, run, seed, folder):
+        path = tmp_path / folder / run.replace(' ', '_') / f'seed{seed}'
+        path.mkdir(parents=True)
+        (path / 'result.json').write_text(json.dumps(dict(task=task, run=run, seed=seed)))
+
+    finished('scenes-cls', 'resnet18', 0, 'scenes-cls')
+    finished('scenes-cls', 'convneur-m1', 1, 'scenes-cls')
+    finished('scenes-seg-ft', 'resnet18', 0, 'scenes-seg-ft')  # another budget: another table
+    now = dict(task='scenes-cls', run='convneur-m1', seed=0, top=1.0)
+    folder, rows = tool.table_rows(Args, 'scenes-cls', [now], [('scenes-cls', 'convneur-m1', 0)])
+    assert folder == str(tmp_path / 'scenes-cls')
+    assert [(r['run'], r['seed']) for r in rows] == [('convneur-m1', 0), ('convneur-m1', 1),
+                                                     ('resnet18', 0)]
+    assert rows[0] is now
+    assert tool.table_rows(Args, 'scenes-seg-ft', [], [])[1] == []
 
 
 def test_compare_real_keeps_runs_of_other_budgets_apart():

@@ -23,11 +23,13 @@ Each run is the matching config (configs/demo/, configs/scenes/) with only the b
 and a different ``randomness.seed``. Runs go to ``--work-dir/<task>/<run>/seed<k>`` and are
 started as ``tools/train.py`` subprocesses, ``--jobs`` at a time with the CPU threads split
 between them. A finished run is not repeated (its metrics are read back), so an interrupted
-comparison continues where it stopped. The table (mean ± 95% CI over seeds) goes to results.md
-and every single result to results.csv.
+comparison continues where it stopped. Each task's table (mean ± 95% CI over seeds) goes to
+``--work-dir/<task>/results.md`` and every single result to ``results.csv`` beside it; a table
+holds every finished run of its task and budget, whichever invocation trained it.
 """
 import argparse
 import csv
+import glob
 import json
 import os
 import os.path as osp
@@ -35,9 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from mmengine.config import Config
+
+# mmengine imports pkg_resources, whose deprecation warning would repeat for every config built
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES
 
@@ -131,13 +137,16 @@ CONVNEUR.update({
     # not a paper ablation: training starts from the local-only network (zero memory
     # projection) and the memory enters as it learns
     'm1 zero_init_memory': dict(zero_init_memory=True),
+    # not a paper ablation: the gate starts at sigmoid(2) = 0.88 instead of 1/2, so the branches
+    # are not halved while their layer scales are still small
+    'm1 gate_bias=2': dict(gate_bias_init=2.0),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
 GATED = {f'{peer} {gate}': (peer, gate) for peer in C3_C5_PLACES for gate in GLOBAL_BRANCHES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
 SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory',
-          'm1 layer_scale=off', 'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
+          'm1 layer_scale=off', 'm1 gate_bias=2', 'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
 
 def run_names(task):
@@ -349,15 +358,46 @@ def test(result, work_dir, threads):
     return result
 
 
+def table_rows(args, task, results, jobs):
+    """The folder of ``task``'s table at this budget and every finished run in it.
+
+    A table holds the runs of this invocation (in the order of ``jobs``) and, after them, those
+    that earlier invocations with other ``--runs`` or ``--seeds`` left in the same folder.
+    """
+    folder = osp.dirname(osp.dirname(run_dir(args, task, 'x', 0)))
+    rows = {job_of(r): r for r in results if r['task'] == task}
+    for path in sorted(glob.glob(osp.join(folder, '*', 'seed*', 'result.json'))):
+        with open(path) as f:
+            r = json.load(f)
+        rows.setdefault(job_of(r), r)
+    order = {job: i for i, job in enumerate(jobs)}
+    return folder, sorted(rows.values(), key=lambda r: (order.get(job_of(r), len(order)),
+                                                        r['run'], r['seed']))
+
+
+def write_results(folder, results):
+    """Every single result of a table, one row per run, to ``folder/results.csv``."""
+    metrics = list(dict.fromkeys(m for t in TASKS for m in TASKS[t]['metrics']))
+    fields = ['task', 'run', 'seed', 'seconds'] + metrics + [f'test {m}' for m in metrics]
+    os.makedirs(folder, exist_ok=True)
+    with open(osp.join(folder, 'results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for r in results:
+            writer.writerow({**{k: v for k, v in r.items() if k != 'test'},
+                             **{f'test {m}': v for m, v in r.get('test', {}).items()}})
+
+
 def summarize(results, args):
     from convneur_mm.stats import fmt, separated
 
     def value(r, m):
         return r['test'][m] if args.split == 'test' else r[m]
 
-    lines = ['Budget: ' + ', '.join(f'{t} {b}' for t, b in args.budget.items() if t in args.tasks)
-             + f'; seeds {args.seeds}; {args.split} split; mean ± 95% CI over seeds.', '']
-    for task in args.tasks:
+    tasks = [t for t in args.tasks if any(r['task'] == t for r in results)]
+    lines = ['Budget: ' + ', '.join(f'{t} {args.budget[t]}' for t in tasks)
+             + f'; {args.split} split; mean ± 95% CI over seeds.', '']
+    for task in tasks:
         rows = [r for r in results if r['task'] == task and (args.split != 'test' or 'test' in r)]
         if not rows:
             continue
@@ -491,20 +531,15 @@ def main():
     run_all(one, [p for p in pending if p[0][0] != 'scenes-cls'])
     if args.split == 'test':
         run_all(evaluate, [(i,) for i, r in enumerate(results) if 'test' not in r])
-    order = {job: i for i, job in enumerate(jobs)}
-    results.sort(key=lambda r: order[job_of(r)])
-    os.makedirs(args.work_dir, exist_ok=True)
-    metrics = list(dict.fromkeys(m for t in TASKS for m in TASKS[t]['metrics']))
-    fields = ['task', 'run', 'seed', 'seconds'] + metrics + [f'test {m}' for m in metrics]
-    with open(osp.join(args.work_dir, 'results.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({**{k: v for k, v in r.items() if k != 'test'},
-                             **{f'test {m}': v for m, v in r.get('test', {}).items()}})
-    text = summarize(results, args)
-    with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
-        f.write(text + '\n')
+    texts = []
+    for task in args.tasks:
+        folder, rows = table_rows(args, task, results, jobs)
+        write_results(folder, rows)
+        text = summarize(rows, args)
+        with open(osp.join(folder, 'results.md'), 'w') as f:
+            f.write(text + '\n')
+        texts.append(text)
+    text = '\n'.join(texts)
     print('\n' + text)
     if failures:
         raise SystemExit(f'{len(failures)} run(s) failed:\n' + '\n'.join(failures))

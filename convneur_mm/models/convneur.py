@@ -9,6 +9,7 @@ Shapes: input (B, in_channels, H, W) with any H, W >= 1; stage i outputs (B, wid
 ceil(H / s), ceil(W / s)) with s = 4 * 2**i.
 """
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -214,6 +215,12 @@ class ConvNeur(BaseModule):
             ``zero_init_residual`` does for ResNet's blocks. An initialisation for training from
             scratch, not an architecture change. Default: False (the projection is initialised
             like every other layer).
+        gate_bias_init (float): initial bias of every memory's output projection, so that the
+            gate starts near sigmoid(gate_bias_init) instead of 1/2 (``fusion='gate'`` only).
+            With the default 0 every block's branch starts halved; a from-scratch run whose
+            layer scales grow by about the learning rate per step then needs twice as many
+            steps to reach a given branch size. An initialisation, not an architecture change.
+            Default: 0.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -251,12 +258,19 @@ class ConvNeur(BaseModule):
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
                  chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
-                 compile_memory=False, zero_init_memory=False,
+                 compile_memory=False, zero_init_memory=False, gate_bias_init=0.0,
                  gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(zero_init_memory, bool):
             raise ValueError(f'zero_init_memory must be True or False, got {zero_init_memory!r}')
+        if isinstance(gate_bias_init, bool) or not isinstance(gate_bias_init, (int, float)) \
+                or not math.isfinite(gate_bias_init):
+            raise ValueError(f'gate_bias_init must be a finite number, got {gate_bias_init!r}')
+        if gate_bias_init and fusion != 'gate':
+            raise ValueError(f"gate_bias_init={gate_bias_init} sets where the gate starts; it needs "
+                             f"fusion='gate', got fusion={fusion!r}")
         self.zero_init_memory = zero_init_memory
+        self.gate_bias_init = float(gate_bias_init)
         self.arch = self.parse_arch(arch)
         widths, depths = self.arch['widths'], self.arch['depths']
         self.out_indices = self._parse_out_indices(out_indices)
@@ -402,7 +416,8 @@ class ConvNeur(BaseModule):
                 m._init_gates()
                 if self.zero_init_memory:
                     nn.init.zeros_(m.proj.weight)
-                    nn.init.zeros_(m.proj.bias)
+                if self.zero_init_memory or self.gate_bias_init:
+                    nn.init.constant_(m.proj.bias, self.gate_bias_init)
         for cfg in pretrained:
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                             map_location=cfg.get('map_location', 'cpu'))
