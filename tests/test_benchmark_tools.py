@@ -152,6 +152,16 @@ def test_compare_real_tables_keep_the_runs_of_earlier_invocations(tmp_path):
     assert tool.table_rows(Args, 'scenes-seg-ft', [], [])[1] == []
 
 
+def test_compare_real_scenes_ablations_run_by_name_only():
+    tool = load_tool('compare_real')
+    for task in ('scenes-cls', 'scenes-seg', 'scenes-det-ft'):
+        assert not set(tool.SCENES_ABLATIONS) & set(tool.run_names(task))
+        assert set(tool.SCENES_ABLATIONS) <= set(tool.run_names(task, everything=True))
+    for task in ('cls', 'seg', 'det'):  # the demo tables are unchanged by the scenes' variants
+        assert not set(tool.SCENES_ONLY) & set(tool.run_names(task, everything=True))
+    assert all(name in tool.CONVNEUR for name in tool.SCENES_ABLATIONS + list(tool.SCENES_ONLY))
+
+
 def test_compare_real_keeps_runs_of_other_budgets_apart():
     tool = load_tool('compare_real')
 

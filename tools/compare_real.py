@@ -140,6 +140,9 @@ CONVNEUR.update({
     # not a paper ablation: the gate starts at sigmoid(2) = 0.88 instead of 1/2, so the branches
     # are not halved while their layer scales are still small
     'm1 gate_bias=2': dict(gate_bias_init=2.0),
+    # the paper's ablations at the scenes' own chunk sizes
+    'm1 group=all': dict(chunks_per_group=None),
+    'm1 memory=mlp': dict(memory_type='mlp'),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
@@ -148,11 +151,19 @@ MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0',
 SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory',
           'm1 layer_scale=off', 'm1 gate_bias=2', 'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
+# Variants added for the scenes protocol, not run on the demo sets.
+SCENES_ONLY = ('m1 gate_bias=2', 'm1 group=all', 'm1 memory=mlp')
+# The paper's ablations on the scenes: run by name (--runs), not part of the default tables.
+SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
+                    'm1 memory=mlp']
 
-def run_names(task):
+
+def run_names(task, everything=False):
+    """The runs of ``task``'s default table; ``everything``: also those run only by name."""
     if task.startswith('scenes-'):
-        return SCENES + list(GATED) if task.endswith('-ft') else SCENES
-    names = MAIN + [n for n in CONVNEUR if n not in MAIN]
+        return (SCENES + (list(GATED) if task.endswith('-ft') else [])
+                + (SCENES_ABLATIONS if everything else []))
+    names = MAIN + [n for n in CONVNEUR if n not in MAIN and n not in SCENES_ONLY]
     if task != 'cls':
         # every stage of a 256x256 image fits in one 4096-token chunk: 'prev' then reads only
         # the initial memory (the classification runs show it); the small-chunk pair stays
@@ -466,9 +477,10 @@ def main():
                              f'--out {args.data_root}` first')
     jobs = []
     for task in args.tasks:
-        names = run_names(task)
+        names = run_names(task, everything=bool(args.runs))
         if args.runs:
-            unknown = [r for r in args.runs if not any(r == n for t in TASKS for n in run_names(t))]
+            unknown = [r for r in args.runs
+                       if not any(r == n for t in TASKS for n in run_names(t, everything=True))]
             if unknown:
                 parser.error(f'unknown runs {unknown}; see --list')
             names = [n for n in names if n in args.runs]
