@@ -89,3 +89,37 @@ def test_write_strength_vanishes_with_a_vanishing_step_and_stats_are_in_range():
         mem.max_lr = 1e-12  # what is left is the forgetting's effect on the LayerNorm's epsilon
     assert max(write_strength(model, x).values()) < 1e-2
     assert all(m.write for m in (model.stages[0].memory, model.stages[1].memory))
+
+
+def test_memory_stats_hook_logs_memories_and_skips_backbones_without_one():
+    """The hook puts every memory's statistics in the visualizer; on a peer trained with the same
+    recipe it says once that there is nothing to log, instead of an empty line every interval."""
+    from types import SimpleNamespace
+
+    from convneur_mm.engine.hooks import MemoryStatsHook
+
+    class Model(torch.nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def data_preprocessor(self, batch, training):
+            return dict(inputs=batch['inputs'])
+
+    def run(backbone, iters):
+        logged, scalars = [], []
+        runner = SimpleNamespace(model=Model(backbone), iter=0,
+                                 logger=SimpleNamespace(info=logged.append),
+                                 visualizer=SimpleNamespace(add_scalars=lambda s, step: scalars.append(s)))
+        hook = MemoryStatsHook(interval=1, num_images=1)
+        for i in range(iters):
+            runner.iter = i
+            hook.after_train_iter(runner, i, dict(inputs=torch.randn(2, 3, 32, 32)))
+        return logged, scalars
+
+    logged, scalars = run(ConvNeur('m1', out_indices=(0, 1)), 2)
+    assert len(scalars) == 2 and 'memory/s0/write_strength' in scalars[0]
+    assert all(line.startswith('memory write strength: s0 ') for line in logged)
+    logged, scalars = run(torch.nn.Conv2d(3, 8, 3), 3)
+    assert scalars == [] and logged == ['MemoryStatsHook: the backbone has no NeuralMemory; '
+                                        'nothing to log']

@@ -30,13 +30,23 @@ class MemoryStatsHook(Hook):
             raise ValueError(f'num_images must be a positive int, got {num_images!r}')
         self.interval = interval
         self.num_images = num_images
+        self._has_memory = None
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if data_batch is None or not self.every_n_train_iters(runner, self.interval):
             return
         from ..analysis import memory_stats
+        from ..models import NeuralMemory
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         backbone = getattr(model, 'backbone', model)
+        if self._has_memory is None:
+            self._has_memory = any(isinstance(m, NeuralMemory) for m in backbone.modules())
+            if not self._has_memory:
+                # a peer trained with the same recipe: nothing to measure, no empty log lines
+                runner.logger.info('MemoryStatsHook: the backbone has no NeuralMemory; '
+                                   'nothing to log')
+        if not self._has_memory:
+            return
         inputs = model.data_preprocessor(data_batch, False)['inputs']
         if isinstance(inputs, (list, tuple)):
             inputs = torch.stack(list(inputs[:self.num_images]))
