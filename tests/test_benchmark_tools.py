@@ -162,6 +162,37 @@ def test_compare_real_scenes_ablations_run_by_name_only():
     assert all(name in tool.CONVNEUR for name in tool.SCENES_ABLATIONS + list(tool.SCENES_ONLY))
 
 
+def test_compare_real_tables_name_existing_runs_and_scale_their_budget(tmp_path):
+    tool = load_tool('compare_real')
+    for name, table in tool.TABLES.items():
+        for task in table['tasks']:
+            assert set(table['runs']) <= set(tool.run_names(task, everything=True)), name
+    (tmp_path / 'fashion_scenes').mkdir()
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'compare_real.py'), '--list', '--table',
+           'pretraining', '--data-root', str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split('\n')[:4] == ['scenes-cls | convneur-m1 | 0', 'scenes-cls | convneur-m1 | 1',
+                                          'scenes-cls | convneur-m1 | 2', 'scenes-cls | convneur-m2 | 0']
+    assert out.stdout.count('\n') == 3 * len(tool.MAIN_SCENES)
+    for bad, message in ((['--scale', '0'], '--scale must be > 0'),
+                         (['--tasks', 'cls'], 'give either --table or --tasks/--runs')):
+        out = subprocess.run(cmd + bad, capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 2 and message in out.stderr
+
+    budget = tool.budgets(['scenes-det=100'], scale=2)
+    assert budget['scenes-seg'] == {'max_iters': 400} and budget['scenes-det'] == {'max_iters': 200}
+    assert budget['scenes-cls'] == {'max_epochs': 2}
+    assert tool.budgets([], scale=0.1)['scenes-cls'] == {'max_epochs': 1}  # never below one
+
+    class Args:
+        work_dir = 'w'
+
+    Args.budget = budget  # a scaled budget trains in its own folder
+    assert tool.run_dir(Args, 'scenes-seg', 'convneur-m1', 0) == \
+        osp.join('w', 'scenes-seg-400it', 'convneur-m1', 'seed0')
+
+
 def test_compare_real_keeps_runs_of_other_budgets_apart():
     tool = load_tool('compare_real')
 

@@ -5,11 +5,15 @@
     python tools/compare_real.py --tasks cls --runs convneur-m1 resnet18 --seeds 0
     python tools/compare_real.py --list          # what would run
 
-The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py):
+The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py), one
+command per table (``TABLES``: pretraining, recipe, ablations, seg-ft, det-ft, seg, det,
+plugins-resnet18, plugins-convnextv2-atto), each sized for about 90 minutes on 2 cores:
 
-    python tools/compare_real.py --tasks scenes-cls                # pre-train on the 60k images
-    python tools/compare_real.py --tasks scenes-det scenes-det-ft --seeds 0 1 2
-    python tools/compare_real.py --tasks scenes-seg scenes-seg-ft --seeds 0 1 2 --split test
+    python tools/compare_real.py --table pretraining               # pre-train on the 60k images
+    python tools/compare_real.py --table seg-ft                    # fine-tune the segmenters
+    python tools/compare_real.py --table seg-ft --split test       # the finals, on the test scenes
+    python tools/compare_real.py --table det --scale 4             # 4x the iterations, own folder
+    python tools/compare_real.py --tasks scenes-seg scenes-seg-ft --runs convneur-m1 --seeds 0
 
 ``scenes-det`` / ``scenes-seg`` train from scratch; the ``-ft`` tasks start every backbone from
 its own ``scenes-cls`` classifier (seed 0, loaded with ``prefix='backbone.'``), which runs first.
@@ -156,6 +160,28 @@ SCENES_ONLY = ('m1 gate_bias=2', 'm1 group=all', 'm1 memory=mlp')
 # The paper's ablations on the scenes: run by name (--runs), not part of the default tables.
 SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
                     'm1 memory=mlp']
+
+# The scenes tables, one command each (--table NAME), seeds 0-2. Each is sized for about 90
+# minutes on 2 cores, two runs side by side with one thread each (measured: a pre-training run
+# 6-8 minutes, a 200-iteration segmentation run 9-11), not counting a fine-tuning table's
+# pre-training runs where they are not done yet (the pretraining table does them).
+MAIN_SCENES = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'convnextv2-femto',
+               'pvtv2-b0']
+TABLES = {
+    'pretraining': dict(tasks=['scenes-cls'], runs=MAIN_SCENES),
+    'recipe': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 placement=none',
+                                                'm1 zero_init_memory', 'm1 layer_scale=off',
+                                                'm1 gate_bias=2']),
+    'ablations': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 placement=none',
+                                                   'm1 placement=block', 'm1 fusion=add',
+                                                   'm1 memory=mlp']),
+    **{name: dict(tasks=[f'scenes-{name}'], runs=MAIN_SCENES)
+       for name in ('seg-ft', 'det-ft', 'seg', 'det')},
+    **{f'plugins-{peer}': dict(tasks=['scenes-seg-ft'],
+                               runs=[peer] + [f'{peer} {gate}' for gate in GLOBAL_BRANCHES])
+       for peer in C3_C5_PLACES},
+}
+TABLE_SEEDS = [0, 1, 2]
 
 
 def run_names(task, everything=False):
@@ -369,6 +395,23 @@ def test(result, work_dir, threads):
     return result
 
 
+def budgets(overrides, scale=1.0):
+    """Every task's budget: its default, ``overrides`` (``TASK=N`` strings), then times ``scale``.
+
+    Returns ``{task: {'max_iters' or 'max_epochs': n}}`` with every n >= 1.
+    """
+    if not scale > 0:
+        raise ValueError(f'--scale must be > 0, got {scale}')
+    budget = {t: dict(v['budget']) for t, v in TASKS.items()}
+    for item in overrides:
+        task, _, n = item.partition('=')
+        if task not in TASKS or not n.isdigit() or int(n) < 1:
+            raise ValueError(f'--budget expects TASK=N with TASK in {list(TASKS)}, got {item!r}')
+        key = next(iter(budget[task]))
+        budget[task][key] = int(n)
+    return {t: {k: max(1, round(n * scale)) for k, n in b.items()} for t, b in budget.items()}
+
+
 def table_rows(args, task, results, jobs):
     """The folder of ``task``'s table at this budget and every finished run in it.
 
@@ -441,11 +484,14 @@ def summarize(results, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=['cls', 'seg', 'det'],
-                        help='default: the nuclei / Fashion-MNIST demo tasks')
+    parser.add_argument('--table', choices=list(TABLES),
+                        help='one of the scenes tables: its tasks, runs and seeds 0-2 (--seeds '
+                             'overrides the seeds)')
+    parser.add_argument('--tasks', nargs='+', choices=list(TASKS),
+                        help='default: the nuclei / Fashion-MNIST demo tasks cls seg det')
     parser.add_argument('--runs', nargs='+', metavar='RUN',
                         help='which runs (default: all of a task); names as in --list')
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+    parser.add_argument('--seeds', nargs='+', type=int, help='default: 0 1 (0 1 2 for a --table)')
     parser.add_argument('--jobs', type=int, default=2, help='runs in parallel')
     parser.add_argument('--work-dir', default='work_dirs/compare_real')
     parser.add_argument('--data-root', default='data',
@@ -453,6 +499,9 @@ def main():
                              'fashion_scenes/')
     parser.add_argument('--budget', nargs='+', default=[], metavar='TASK=N',
                         help='override a budget, e.g. cls=2 (epochs) seg=100 det=100 (iterations)')
+    parser.add_argument('--scale', type=float, default=1.0,
+                        help='multiply every budget (after --budget), e.g. 4 for runs four times '
+                             'longer; a budget of its own keeps them in their own folders')
     parser.add_argument('--split', choices=('val', 'test'), default='val',
                         help='the split the table reports; test evaluates finished runs\' '
                              'checkpoints on the test scenes (scenes tasks only)')
@@ -460,14 +509,16 @@ def main():
     parser.add_argument('--dry-run', action='store_true',
                         help='write every config and build its model, train nothing')
     args = parser.parse_args()
-    budget = {t: dict(v['budget']) for t, v in TASKS.items()}
-    for item in args.budget:
-        task, _, n = item.partition('=')
-        if task not in TASKS or not n.isdigit() or int(n) < 1:
-            parser.error(f'--budget expects TASK=N with TASK in {list(TASKS)}, got {item!r}')
-        key = next(iter(budget[task]))
-        budget[task][key] = int(n)
-    args.budget = budget
+    if args.table:
+        if args.tasks or args.runs:
+            parser.error('--table sets the tasks and runs; give either --table or --tasks/--runs')
+        args.tasks, args.runs = TABLES[args.table]['tasks'], TABLES[args.table]['runs']
+    args.tasks = args.tasks or ['cls', 'seg', 'det']
+    args.seeds = args.seeds or (TABLE_SEEDS if args.table else [0, 1])
+    try:
+        args.budget = budgets(args.budget, args.scale)
+    except ValueError as e:
+        parser.error(str(e))
     if args.split == 'test' and not all(t.startswith('scenes-') for t in args.tasks):
         parser.error('--split test needs scenes tasks only: the demo sets have no test split')
     for task in args.tasks:
