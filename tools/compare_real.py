@@ -153,7 +153,8 @@ CONVNEUR.update({
 GATED = {f'{peer} {gate}': (peer, gate) for peer in C3_C5_PLACES for gate in GLOBAL_BRANCHES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
 SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory',
-          'm1 layer_scale=off', 'm1 gate_bias=2', 'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
+          'm1 layer_scale=off', 'm1 gate_bias=2', 'resnet18', 'convnextv2-atto',
+          'convnextv2-femto', 'pvtv2-b0']
 
 # Variants added for the scenes protocol, not run on the demo sets.
 SCENES_ONLY = ('m1 gate_bias=2', 'm1 group=all', 'm1 memory=mlp')
@@ -163,8 +164,9 @@ SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 
 
 # The scenes tables, one command each (--table NAME), seeds 0-2. Each is sized for about 90
 # minutes on 2 cores, two runs side by side with one thread each (measured: a pre-training run
-# 6-8 minutes, a 200-iteration segmentation run 9-11), not counting a fine-tuning table's
-# pre-training runs where they are not done yet (the pretraining table does them).
+# 6-8 minutes, a 200-iteration segmentation run 9-11; a 300-iteration detection run, from a
+# 30-iteration one, about 10), not counting a fine-tuning table's pre-training runs where they
+# are not done yet (the pretraining table does them).
 MAIN_SCENES = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'convnextv2-femto',
                'pvtv2-b0']
 TABLES = {
