@@ -89,3 +89,14 @@ C3_C5_PLACES = {'resnet18': ['layer2', 'layer3', 'layer4'],
 GLOBAL_BRANCHES = {'memory-gate': dict(),  # MemoryGate's defaults (the dense settings)
                    'gcnet': dict(type='ContextBlock', ratio=1. / 16),
                    'nonlocal': dict(type='NonLocal2d')}
+# One recipe for every backbone of the scenes tables: mmengine's default constructor (the
+# layer-decay one needs get_layer_depth, which the peers lack), no weight decay on norms and biases.
+ONE_RECIPE_OPTIM = dict(constructor='DefaultOptimWrapperConstructor',
+                        paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
+
+
+def gated_peer(backbone, peer, branch='memory-gate'):
+    """The ``model.backbone`` dict of a config: ``backbone`` (the peer's own dict) with a global
+    branch of ``GLOBAL_BRANCHES`` after its stages 2-4, as tools/compare_real.py fine-tunes it."""
+    return dict(_delete_=True, type='convneur_mm.MemoryGated', backbone=backbone,
+                after=list(C3_C5_PLACES[peer]), gate=dict(GLOBAL_BRANCHES[branch]))

@@ -32,6 +32,7 @@ comparison continues where it stopped. Each task's table (mean ± 95% CI over se
 holds every finished run of its task and budget, whichever invocation trained it.
 """
 import argparse
+import copy
 import csv
 import glob
 import json
@@ -49,7 +50,7 @@ from mmengine.config import Config
 # mmengine imports pkg_resources, whose deprecation warning would repeat for every config built
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES
+from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
@@ -250,10 +251,7 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
                           out_channels=model.neck.out_channels, scales=[4, 2, 1, 0.5])
     else:
         model.neck.in_channels = channels
-    # One recipe for every backbone: mmengine's default constructor (our layer-decay constructor
-    # needs get_layer_depth, which the peers lack), no weight decay on norms and biases.
-    cfg.optim_wrapper.constructor = 'DefaultOptimWrapperConstructor'
-    cfg.optim_wrapper.paramwise_cfg = dict(norm_decay_mult=0., bias_decay_mult=0.)
+    cfg.optim_wrapper.update(copy.deepcopy(ONE_RECIPE_OPTIM))
     if 'max_epochs' in budget:
         epochs = budget['max_epochs']
         cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs

@@ -8,18 +8,15 @@ _base_ = ['./mask-rcnn_convneur-m1_fpn_scenes.py']
 
 pretrain_config = ('tools/compare_real.py --tasks scenes-cls --runs resnet18 --seeds 0 '
                    '(it writes backbone.pth)')
+from convneur_mm.presets import ONE_RECIPE_OPTIM, gated_peer
+
 model = dict(
-    backbone=dict(
-        _delete_=True, type='convneur_mm.MemoryGated',
-        # mmdet's ResNet, trained whole: BatchNorm neither frozen nor in eval mode, as in the
-        # scenes tables' from-scratch runs
-        backbone=dict(type='ResNet', depth=18, frozen_stages=-1, norm_eval=False,
-                      init_cfg=dict(type='Pretrained', checkpoint='work_dirs/compare_real/'
-                                    'scenes-cls/resnet18/seed0/backbone.pth')),
-        after=['layer2', 'layer3', 'layer4'],
-        # GCNet instead, at the same places: gate=dict(type='ContextBlock', ratio=1 / 16)
-        gate=dict()),
+    # mmdet's ResNet, trained whole: BatchNorm neither frozen nor in eval mode, as in the scenes
+    # tables' from-scratch runs. GCNet instead, at the same places: gated_peer(..., 'gcnet')
+    backbone=gated_peer(
+        dict(type='ResNet', depth=18, frozen_stages=-1, norm_eval=False,
+             init_cfg=dict(type='Pretrained', checkpoint='work_dirs/compare_real/'
+                           'scenes-cls/resnet18/seed0/backbone.pth')),
+        'resnet18'),
     neck=dict(in_channels=[64, 128, 256, 512]))
-# one recipe for every backbone of the scenes tables (tools/compare_real.py)
-optim_wrapper = dict(constructor='DefaultOptimWrapperConstructor',
-                     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
+optim_wrapper = ONE_RECIPE_OPTIM  # one recipe for every backbone of the scenes tables
