@@ -50,7 +50,8 @@ from mmengine.config import Config
 # mmengine imports pkg_resources, whose deprecation warning would repeat for every config built
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM
+from convneur_mm.presets import (C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM,
+                                 gated_peer)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
@@ -238,8 +239,8 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
     if pretrained:  # a backbone-only file (export_backbone): no prefix
         model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
     if name in GATED:
-        model.backbone = dict(type='convneur_mm.MemoryGated', backbone=model.backbone,
-                              after=C3_C5_PLACES[peer], gate=GLOBAL_BRANCHES[gate])
+        model.backbone = gated_peer(model.backbone, peer, gate)
+        model.backbone.pop('_delete_')  # a config file's merge key: nothing to merge into here
     if kind(task) == 'cls':
         model.head.in_channels = channels[-1]
         pooled = name in CONVNEUR or name in ('convnextv2-atto', 'convnextv2-femto', 'deit-tiny')
