@@ -287,6 +287,27 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
                 write_strength_final=_write_strength(model, probe_x))
 
 
+def _marker_pairs(pool, size, marker_side, num_scenes):
+    """The first ``num_scenes`` marker scenes of a fixed sequence: (scene, the scene with its
+    cross erased, the items' stride-4 label map)."""
+    index = found = 0
+    while found < num_scenes:
+        image, labels, _, info = compose_task_scene(np.random.default_rng([3, index]), pool,
+                                                    'marker', size, marker_side=marker_side)
+        index += 1
+        if info['marker']:
+            found += 1
+            erased = image.copy()
+            erased[(image[..., 0] == 255) & (image[..., 1] == 0)] = 0
+            yield image, erased, labels
+
+
+def _item_mask(labels, size, map_size):
+    stride = size // map_size[-1]
+    item = torch.from_numpy(labels[stride // 2::stride, stride // 2::stride] > 0)
+    return item[:map_size[-2], :map_size[-1]]
+
+
 @torch.no_grad()
 def marker_sensitivity(model, pool, size, marker_side=MARKER, num_scenes=4):
     """How much each neural memory's global map G changes at the items' positions when the
@@ -305,23 +326,35 @@ def marker_sensitivity(model, pool, size, marker_side=MARKER, num_scenes=4):
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k: grabbed.__setitem__(k, o))
              for k, m in enumerate(memories)]
     change = [[] for _ in memories]
-    index = 0
     try:
-        while len(change[0]) < num_scenes:
-            image, labels, _, info = compose_task_scene(np.random.default_rng([3, index]), pool,
-                                                        'marker', size, marker_side=marker_side)
-            index += 1
-            if not info['marker']:
-                continue
-            erased = image.copy()
-            erased[(image[..., 0] == 255) & (image[..., 1] == 0)] = 0
+        for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
             model(to_input([image, erased]))
             for k, g in grabbed.items():
-                stride = size // g.shape[-1]
-                item = torch.from_numpy(labels[stride // 2::stride, stride // 2::stride] > 0)
-                item = item[:g.shape[-2], :g.shape[-1]]
+                item = _item_mask(labels, size, g.shape[-2:])
                 change[k].append(float((g[0] - g[1])[:, item].norm() / g[1][:, item].norm()))
     finally:
         for h in hooks:
             h.remove()
     return [float(np.mean(c)) for c in change]
+
+
+@torch.no_grad()
+def head_signal(probe, pool, size, marker_side=MARKER, num_scenes=6):
+    """What of the cross reaches the probe's head input (``Probe.hidden``) at the items.
+
+    With d_i the change of item position i's head input when the cross is erased (over
+    ``num_scenes`` marker scenes), returns ``ratio``: |mean d| / |std of the head inputs over
+    the items|, the consistent part of the signal against the spread a linear head must read it
+    through, and ``consistency``: |mean d| / mean |d| (1: every item moves the same way).
+    """
+    probe.eval()
+    deltas, feats = [], []
+    for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
+        h = probe.hidden(to_input([image, erased]))
+        item = _item_mask(labels, size, h.shape[-2:])
+        deltas.append((h[0] - h[1])[:, item].T)
+        feats.append(h[1][:, item].T)
+    d, f = torch.cat(deltas), torch.cat(feats)
+    mean = d.mean(0).norm()
+    return dict(ratio=float(mean / f.std(0).norm()),
+                consistency=float(mean / d.norm(dim=1).mean().clamp_min(1e-30)))

@@ -129,17 +129,42 @@ def test_global_context_marker_size_and_oracle():
 
 def test_global_context_sensitivity_mode():
     cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--sensitivity', '--size', '128',
-           '--variants', 'memory center', 'local', 'convnextv2-atto memory-gate center global']
+           '--seeds', '0', '1', '--variants', 'memory center', 'local',
+           'convnextv2-atto memory-gate center global']
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    center = next(line for line in lines if line.startswith('memory center'))
-    changes = [float(v.strip(' %')) for v in center.split(maxsplit=2)[2].split('/')]
+    rows = [line.split(' | ') for line in out.stdout.splitlines() if ' | seed ' in line]
+    assert [(r[0], r[1]) for r in rows] == [(v, f'seed {s}') for v in
+                                            ('memory center', 'local',
+                                             'convnextv2-atto memory-gate center global')
+                                            for s in (0, 1)]
+    by = {(r[0], r[1]): r for r in rows}
+    changes = [float(v.strip(' %')) for v in by['memory center', 'seed 0'][2][2:].split('/')]
     assert len(changes) == 2 and all(c > 0 for c in changes)
-    assert next(line for line in lines if line.startswith('local')).endswith('no memory')
-    gated = next(line for line in lines if line.startswith('convnextv2-atto memory-gate'))
-    assert len(gated.rsplit(maxsplit=3)[-3:]) == 3 and gated.endswith('%')  # 'a% / b%'
+    # the seed decides the initialisation, so the two seeds' responses differ
+    assert by['memory center', 'seed 0'][2] != by['memory center', 'seed 1'][2]
+    assert by['local', 'seed 0'][2] == 'G no memory'
+    assert by['convnextv2-atto memory-gate center global', 'seed 0'][2].count('%') == 2
+    for r in rows:
+        ratio, consistency = r[3].removeprefix('head ').split(', consistency ')
+        assert float(ratio) >= 0 and 0 <= float(consistency) <= 1 + 1e-6
 
+
+def test_head_signal_sees_a_consistent_shift():
+    """head_signal: a probe whose head input moves by the same vector at every item when the
+    cross is there reports consistency 1 and the shift's size against the items' spread."""
+    class Shifted(torch.nn.Module):
+        def hidden(self, x):  # red-minus-green anywhere -> +1 on channel 0 everywhere
+            bit = (x[:, 0] - x[:, 1]).amax((1, 2)) > 1
+            h = x[:, :2, 2::4, 2::4].clone()
+            h[:, 0] += bit.float().view(-1, 1, 1)
+            return h
+
+    rng = np.random.default_rng(0)
+    pool = scenes.Pool(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10)
+    out = scenes.head_signal(Shifted(), pool, 128, marker_side=12, num_scenes=2)
+    assert out['consistency'] == pytest.approx(1.0)
+    assert out['ratio'] > 0
 
 
 def test_global_context_tool_runs_and_resumes(tmp_path):

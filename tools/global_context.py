@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from convneur_mm.presets import CONVNEXTV2
-from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, marker_sensitivity,
-                                split_pools, train_probe)
+from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal,
+                                marker_sensitivity, split_pools, train_probe)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -63,6 +63,7 @@ VARIANTS = {
                                                layer_scale_init_value=1.0),
     'memory center': dict(DENSE, center_keys=True),
     'memory center global': dict(DENSE, center_keys=True, global_query=True),
+    'memory center ls=1': dict(DENSE, center_keys=True, layer_scale_init_value=1.0),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
@@ -133,10 +134,14 @@ def train_one(task, variant, seed, args):
                 size=args.size, stages=args.stages, **result)
 
 
-def cross_sensitivity(variant, args):
-    torch.manual_seed(0)
-    return marker_sensitivity(build(variant, args.stages), load_pools(args.cache)['val'],
-                              args.size, args.marker)
+def sensitivity(variant, seed, args):
+    """At the initialisation of ``seed``'s run: the change of each memory's G at the items when
+    the cross is erased, and what of it reaches the head (``head_signal``)."""
+    torch.manual_seed(seed)
+    model = build(variant, args.stages)
+    pool = load_pools(args.cache)['val']
+    return (marker_sensitivity(model, pool, args.size, args.marker),
+            head_signal(model, pool, args.size, args.marker))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -205,9 +210,9 @@ def main():
     parser.add_argument('--list', action='store_true', help='print the runs and exit')
     parser.add_argument('--summary', action='store_true', help='print the tables and exit')
     parser.add_argument('--sensitivity', action='store_true',
-                        help='print, per variant at initialisation, how much each memory\'s map '
-                             'changes at the items when the marker is erased (marker task), '
-                             'and exit')
+                        help='print, per variant and seed at initialisation, how much each '
+                             'memory\'s map and the head\'s input change at the items when the '
+                             'marker is erased (marker task), and exit')
     parser.add_argument('--single', nargs=3, metavar=('TASK', 'VARIANT', 'SEED'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,12 +226,16 @@ def main():
     args.iters = max(1, round(args.iters * args.scale))
 
     if args.sensitivity:
-        print(f'relative change of G at item positions when the marker is erased, at '
-              f'initialisation, {args.size}x{args.size} (mean of 4 validation scenes)')
+        print(f'At the initialisation of each seed\'s run, {args.size}x{args.size}, the cross erased '
+              f'from marker scenes: G = relative change of each memory\'s map at the items (4 '
+              f'validation scenes); head = |mean change| of the head input at the items / its '
+              f'spread over the items, and the change\'s consistency (6 scenes)')
         for variant in args.variants:
-            change = cross_sensitivity(variant, args)
-            print(f'{variant:<36} ' + ('no memory' if change is None else
-                                       ' / '.join(f'{100 * c:.2f}%' for c in change)), flush=True)
+            for seed in args.seeds:
+                change, head = sensitivity(variant, seed, args)
+                g = 'no memory' if change is None else ' / '.join(f'{100 * c:.2f}%' for c in change)
+                print(f'{variant} | seed {seed} | G {g} | head {head["ratio"]:.2e}, consistency '
+                      f'{head["consistency"]:.3f}', flush=True)
         return
 
     if args.single:
