@@ -154,17 +154,23 @@ def test_head_signal_sees_a_consistent_shift():
     """head_signal: a probe whose head input moves by the same vector at every item when the
     cross is there reports consistency 1 and the shift's size against the items' spread."""
     class Shifted(torch.nn.Module):
-        def hidden(self, x):  # red-minus-green anywhere -> +1 on channel 0 everywhere
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def hidden(self, x):  # red-minus-green anywhere -> +shift on channel 0 everywhere
             bit = (x[:, 0] - x[:, 1]).amax((1, 2)) > 1
             h = x[:, :2, 2::4, 2::4].clone()
-            h[:, 0] += bit.float().view(-1, 1, 1)
+            h[:, 0] += self.shift * bit.float().view(-1, 1, 1)
             return h
 
     rng = np.random.default_rng(0)
     pool = scenes.Pool(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10)
-    out = scenes.head_signal(Shifted(), pool, 128, marker_side=12, num_scenes=2)
-    assert out['consistency'] == pytest.approx(1.0)
-    assert out['ratio'] > 0
+    one, two = (scenes.head_signal(Shifted(s), pool, 128, marker_side=12, num_scenes=2)
+                for s in (1.0, 2.0))
+    assert one['consistency'] == pytest.approx(1.0) == two['consistency']
+    # the same spread (the scenes without the cross), twice the shift: twice the ratio
+    assert one['ratio'] > 0 and two['ratio'] == pytest.approx(2 * one['ratio'])
 
 
 def test_global_context_tool_runs_and_resumes(tmp_path):

@@ -134,12 +134,11 @@ def train_one(task, variant, seed, args):
                 size=args.size, stages=args.stages, **result)
 
 
-def sensitivity(variant, seed, args):
+def sensitivity(variant, seed, args, pool):
     """At the initialisation of ``seed``'s run: the change of each memory's G at the items when
     the cross is erased, and what of it reaches the head (``head_signal``)."""
     torch.manual_seed(seed)
     model = build(variant, args.stages)
-    pool = load_pools(args.cache)['val']
     return (marker_sensitivity(model, pool, args.size, args.marker),
             head_signal(model, pool, args.size, args.marker))
 
@@ -230,9 +229,10 @@ def main():
               f'from marker scenes: G = relative change of each memory\'s map at the items (4 '
               f'validation scenes); head = |mean change| of the head input at the items / its '
               f'spread over the items, and the change\'s consistency (6 scenes)')
+        pool = load_pools(args.cache)['val']
         for variant in args.variants:
             for seed in args.seeds:
-                change, head = sensitivity(variant, seed, args)
+                change, head = sensitivity(variant, seed, args, pool)
                 g = 'no memory' if change is None else ' / '.join(f'{100 * c:.2f}%' for c in change)
                 print(f'{variant} | seed {seed} | G {g} | head {head["ratio"]:.2e}, consistency '
                       f'{head["consistency"]:.3f}', flush=True)
