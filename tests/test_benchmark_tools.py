@@ -127,6 +127,27 @@ def test_compare_real_summary_is_mean_and_95_ci():
             'resnet18 gcnet: not separated (against resnet18)') in text
 
 
+def test_compare_real_summary_reads_every_metric():
+    """Detection reports box and mask mAP; each gets its own reading, and they can differ."""
+    tool = load_tool('compare_real')
+
+    class Args:
+        tasks = ['scenes-det']
+        seeds = [0, 1, 2]
+        split = 'test'
+        budget = {'scenes-det': {'max_iters': 300}}
+
+    def rows(run, box, mask):
+        return [dict(task='scenes-det', run=run, seed=i, seconds=1.0, test={
+            'bbox mAP': b, 'segm mAP': m}) for i, (b, m) in enumerate(zip(box, mask))]
+
+    results = rows('convneur-m1', [40, 41, 42], [46, 47, 48]) + \
+        rows('resnet18', [50, 51, 52], [46.5, 47, 47.5])
+    text = tool.summarize(results, Args)
+    assert 'bbox mAP, 95% CIs: resnet18: resnet18 higher (against convneur-m1)' in text
+    assert 'segm mAP, 95% CIs: resnet18: not separated (against convneur-m1)' in text
+
+
 def test_compare_real_tables_keep_the_runs_of_earlier_invocations(tmp_path):
     """A table is every finished run of its task and budget, not only this invocation's."""
     tool = load_tool('compare_real')

@@ -466,19 +466,20 @@ def summarize(results, args):
             secs = [r['seconds'] for r in mine if r['seconds']]
             lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {len(mine)} | '
                          + (f'{statistics.mean(secs):.0f}' if secs else '-') + ' |')
-        readings = []
-        for name, mine in by_run.items():
-            # ConvNeur's variants and the peers against M1; a gated peer against the bare peer
-            ref = GATED[name][0] if name in GATED else 'convneur-m1'
-            reference = by_run.get(ref, [])
-            if name == ref or len(mine) < 2 or len(reference) < 2:
-                continue
-            side = separated([value(r, metrics[0]) for r in reference],
-                             [value(r, metrics[0]) for r in mine])
-            readings.append(f'{name}: ' + {'a': f'{ref} higher', 'b': f'{name} higher',
-                                           None: 'not separated'}[side] + f' (against {ref})')
-        if readings:
-            lines += ['', f'{metrics[0]}, 95% CIs: ' + '; '.join(readings)]
+        for metric in metrics:
+            readings = []
+            for name, mine in by_run.items():
+                # ConvNeur's variants and the peers against M1; a gated peer against the bare peer
+                ref = GATED[name][0] if name in GATED else 'convneur-m1'
+                reference = by_run.get(ref, [])
+                if name == ref or len(mine) < 2 or len(reference) < 2:
+                    continue
+                side = separated([value(r, metric) for r in reference],
+                                 [value(r, metric) for r in mine])
+                readings.append(f'{name}: ' + {'a': f'{ref} higher', 'b': f'{name} higher',
+                                               None: 'not separated'}[side] + f' (against {ref})')
+            if readings:
+                lines += ['', f'{metric}, 95% CIs: ' + '; '.join(readings)]
         lines.append('')
     return '\n'.join(lines)
 
