@@ -6,8 +6,8 @@
     python tools/compare_real.py --list          # what would run
 
 The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py), one
-command per table (``TABLES``: pretraining, recipe, ablations, seg-ft, det-ft, seg, det,
-plugins-resnet18, plugins-convnextv2-atto), each sized for about 90 minutes on 2 cores:
+command per table (``TABLES``: pretraining, recipe, ablations, ablations-det-ft, seg-ft, det-ft,
+seg, det, plugins-resnet18, plugins-convnextv2-atto), each sized for about 90 minutes on 2 cores:
 
     python tools/compare_real.py --table pretraining               # pre-train on the 60k images
     python tools/compare_real.py --table seg-ft                    # fine-tune the segmenters
@@ -179,6 +179,10 @@ TABLES = {
     'ablations': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 placement=none',
                                                    'm1 placement=block', 'm1 fusion=add',
                                                    'm1 memory=mlp']),
+    # the same ablations in fine-tuned detection, each from its own classifier of the table above
+    'ablations-det-ft': dict(tasks=['scenes-det-ft'], runs=['convneur-m1', 'm1 placement=none',
+                                                           'm1 placement=block', 'm1 fusion=add',
+                                                           'm1 memory=mlp']),
     **{name: dict(tasks=[f'scenes-{name}'], runs=MAIN_SCENES)
        for name in ('seg-ft', 'det-ft', 'seg', 'det')},
     **{f'plugins-{peer}': dict(tasks=['scenes-seg-ft'],
