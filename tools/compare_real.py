@@ -51,6 +51,7 @@ from mmengine.config import Config
 # mmengine imports pkg_resources, whose deprecation warning would repeat for every config built
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
+from convneur_mm.models.convneur import ConvNeur
 from convneur_mm.presets import (C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM,
                                  gated_peer)
 
@@ -150,6 +151,10 @@ CONVNEUR.update({
     # the paper's ablations at the scenes' own chunk sizes
     'm1 group=all': dict(chunks_per_group=None),
     'm1 memory=mlp': dict(memory_type='mlp'),
+    # the paper's C_m ablation (64 / 128 / 256 on M3) as half and twice M1's 32 in every stage;
+    # heads stay 32 wide where C_m allows it, as in the presets
+    'm1 C_m=16': dict(arch=dict(ConvNeur.arch_zoo['m1'], memory_dim=16, head_dim=16)),
+    'm1 C_m=64': dict(arch=dict(ConvNeur.arch_zoo['m1'], memory_dim=64)),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
@@ -160,10 +165,10 @@ SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memor
           'convnextv2-femto', 'pvtv2-b0']
 
 # Variants added for the scenes protocol, not run on the demo sets.
-SCENES_ONLY = ('m1 gate_bias=2', 'm1 group=all', 'm1 memory=mlp')
+SCENES_ONLY = ('m1 gate_bias=2', 'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64')
 # The paper's ablations on the scenes: run by name (--runs), not part of the default tables.
 SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
-                    'm1 memory=mlp']
+                    'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64']
 
 # The scenes tables, one command each (--table NAME), seeds 0-2. Each is sized for about 90
 # minutes on 2 cores, two runs side by side with one thread each (measured: a pre-training run
@@ -184,7 +189,7 @@ TABLES = {
                                                    'm1 gate_bias=2']),
     'ablations': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 placement=none',
                                                    'm1 placement=block', 'm1 fusion=add',
-                                                   'm1 memory=mlp']),
+                                                   'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64']),
     # the same ablations in fine-tuned detection, each from its own classifier of the table above
     'ablations-det-ft': dict(tasks=['scenes-det-ft'], runs=['convneur-m1', 'm1 placement=none',
                                                            'm1 placement=block', 'm1 fusion=add',
