@@ -64,6 +64,9 @@ VARIANTS = {
     'memory center': dict(DENSE, center_keys=True),
     'memory center global': dict(DENSE, center_keys=True, global_query=True),
     'memory center ls=1': dict(DENSE, center_keys=True, layer_scale_init_value=1.0),
+    # the paper's additive ablation: the read enters the residual stream as it is, where the gate
+    # can only rescale the item's own local features
+    'memory center fusion=add': dict(DENSE, center_keys=True, fusion='add'),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
