@@ -6,6 +6,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -103,14 +104,14 @@ def test_compare_real_configs_swap_only_the_backbone(tmp_path):
     assert reference.model.decode_head == configs['seg', 'resnet18'].model.decode_head
 
 
+def summary_args(task, split, budget):
+    """The arguments ``compare_real.summarize`` reads, for one task and seeds 0-2."""
+    return types.SimpleNamespace(tasks=[task], seeds=[0, 1, 2], split=split, budget={task: budget})
+
+
 def test_compare_real_summary_is_mean_and_95_ci():
     tool = load_tool('compare_real')
-
-    class Args:
-        tasks = ['cls']
-        seeds = [0, 1, 2]
-        split = 'val'
-        budget = {'cls': {'max_epochs': 1}}
+    Args = summary_args('cls', 'val', {'max_epochs': 1})
 
     def rows(run, values):
         return [dict(task='cls', run=run, seed=i, seconds=10.0, **{'top-1': v})
@@ -130,12 +131,7 @@ def test_compare_real_summary_is_mean_and_95_ci():
 def test_compare_real_summary_reads_every_metric():
     """Detection reports box and mask mAP; each gets its own reading, and they can differ."""
     tool = load_tool('compare_real')
-
-    class Args:
-        tasks = ['scenes-det']
-        seeds = [0, 1, 2]
-        split = 'test'
-        budget = {'scenes-det': {'max_iters': 300}}
+    Args = summary_args('scenes-det', 'test', {'max_iters': 300})
 
     def rows(run, box, mask):
         return [dict(task='scenes-det', run=run, seed=i, seconds=1.0, test={
