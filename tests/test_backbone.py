@@ -186,6 +186,25 @@ def test_gate_bias_init_sets_where_the_gate_starts():
             assert torch.equal(a, b), name
 
 
+def test_gate_scale_is_a_reparametrisation_of_the_layer_scale():
+    """gate_scale * sigmoid(G) * gamma is the default model with gamma multiplied by gate_scale:
+    the same functions, reached by a different training path."""
+    torch.manual_seed(0)
+    default = ConvNeur('m1', layer_scale_init_value=0.3)
+    default.init_weights()
+    scaled = ConvNeur('m1', layer_scale_init_value=0.3, gate_scale=2.0)
+    scaled.load_state_dict(default.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = [o.clone() for o in default(x)]
+        assert not torch.allclose(scaled(x)[-1], before[-1], atol=1e-3)  # the scale acts
+        for name, p in default.named_parameters():
+            if name.endswith('.gamma'):
+                p.mul_(2)
+        for a, b in zip(default(x), scaled(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_out_indices_and_unbuilt_stages():
     model = build('m1', out_indices=(1, 2))
     assert len(model.stages) == 3 and model.out_channels == (80, 160)
@@ -329,6 +348,9 @@ def test_get_layer_depth():
     (dict(gate_bias_init='2'), ValueError, "gate_bias_init must be a finite number, got '2'"),
     (dict(gate_bias_init=float('nan')), ValueError, 'gate_bias_init must be a finite number'),
     (dict(gate_bias_init=2.0, fusion='add'), ValueError, r"needs fusion='gate', got fusion='add'"),
+    (dict(gate_scale=0), ValueError, r'gate_scale must be a finite number > 0, got 0'),
+    (dict(gate_scale=True), ValueError, r'gate_scale must be a finite number > 0, got True'),
+    (dict(gate_scale=2.0, fusion='add'), ValueError, r"gate_scale=2.0 scales.*fusion='add'"),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):
     kwargs.setdefault('arch', 'm1')

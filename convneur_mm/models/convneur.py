@@ -85,14 +85,15 @@ class ConvNeurBlock(nn.Module):
             :class:`NeuralMemory` arguments.
         fusion (str): how the global map G enters: ``'gate'`` multiplies the local branch by
             sigmoid(G), ``'add'`` adds G to it (the paper's additive ablation).
+        gate_scale (float): with ``'gate'`` fusion, the gate is ``gate_scale * sigmoid(G)``.
 
     Shape:
         x: (B, C, H, W); context: (B, C, H, W) or None -> (B, C, H, W). The context is the
-        stage's global map, already passed through the sigmoid for ``'gate'`` fusion.
+        stage's global map, already passed through the (scaled) sigmoid for ``'gate'`` fusion.
     """
 
     def __init__(self, channels, kernel_size=7, mlp_ratio=4.0, drop_path=0.0,
-                 layer_scale_init_value=1e-6, memory_cfg=None, fusion='gate'):
+                 layer_scale_init_value=1e-6, memory_cfg=None, fusion='gate', gate_scale=1.0):
         super().__init__()
         self.dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
                                 groups=channels)
@@ -106,11 +107,12 @@ class ConvNeurBlock(nn.Module):
                       if layer_scale_init_value > 0 else None)
         self.drop_path = drop_path
         self.fusion = fusion
+        self.gate_scale = gate_scale
         self.memory = NeuralMemory(channels, **memory_cfg) if memory_cfg is not None else None
 
     def forward(self, x, context=None):
         if self.memory is not None:
-            context = global_context(self.memory(x), self.fusion)
+            context = global_context(self.memory(x), self.fusion, self.gate_scale)
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))).permute(0, 3, 1, 2)
         if context is not None:
@@ -120,9 +122,12 @@ class ConvNeurBlock(nn.Module):
         return x + drop_path(y, self.drop_path, self.training)
 
 
-def global_context(g, fusion):
-    """What the blocks combine with their local branch: sigmoid(G) for gating, G for addition."""
-    return torch.sigmoid(g) if fusion == 'gate' else g
+def global_context(g, fusion, gate_scale=1.0):
+    """What the blocks combine with their local branch: gate_scale * sigmoid(G) for gating, G for
+    addition."""
+    if fusion != 'gate':
+        return g
+    return torch.sigmoid(g) if gate_scale == 1 else torch.sigmoid(g) * gate_scale
 
 
 class ConvNeurStage(nn.Module):
@@ -133,7 +138,7 @@ class ConvNeurStage(nn.Module):
     """
 
     def __init__(self, in_channels, channels, depth, downsample, drop_paths, memory_placement,
-                 memory_cfg, with_cp=False, fusion='gate', **block_kwargs):
+                 memory_cfg, with_cp=False, fusion='gate', gate_scale=1.0, **block_kwargs):
         super().__init__()
         self.downsample = Downsample(in_channels, channels) if downsample else nn.Identity()
         self.memory = (NeuralMemory(channels, **memory_cfg)
@@ -141,10 +146,11 @@ class ConvNeurStage(nn.Module):
         block_memory = memory_cfg if memory_placement == 'block' else None
         self.blocks = nn.ModuleList(
             ConvNeurBlock(channels, drop_path=drop_paths[i], memory_cfg=block_memory, fusion=fusion,
-                          **block_kwargs)
+                          gate_scale=gate_scale, **block_kwargs)
             for i in range(depth))
         self.with_cp = with_cp
         self.fusion = fusion
+        self.gate_scale = gate_scale
 
     def _maybe_cp(self, fn, *args):
         # Recompute in backward only where it saves something: a frozen stage stores nothing anyway.
@@ -157,7 +163,7 @@ class ConvNeurStage(nn.Module):
         context = None
         if self.memory is not None:
             # once per stage, not once per block
-            context = global_context(self._maybe_cp(self.memory, x), self.fusion)
+            context = global_context(self._maybe_cp(self.memory, x), self.fusion, self.gate_scale)
         for block in self.blocks:
             x = self._maybe_cp(block, x, context)
         return x
@@ -221,6 +227,13 @@ class ConvNeur(BaseModule):
             layer scales grow by about the learning rate per step then needs twice as many
             steps to reach a given branch size. An initialisation, not an architecture change.
             Default: 0.
+        gate_scale (float): the gate is ``gate_scale * sigmoid(G)`` (``fusion='gate'`` only).
+            With 2 it starts at 1, so the branches are not halved, and keeps the sigmoid's full
+            slope (``gate_bias_init=2`` starts at 0.88 with a third of it). With layer scale on,
+            the same functions as the default (the factor moves into gamma); what changes is
+            training: under AdamW a layer scale grows by about the learning rate per step, so
+            the branches grow gate_scale times faster. A reparametrisation for training from
+            scratch. Default: 1 (the paper's gate).
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -258,7 +271,7 @@ class ConvNeur(BaseModule):
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
                  chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
-                 compile_memory=False, zero_init_memory=False, gate_bias_init=0.0,
+                 compile_memory=False, zero_init_memory=False, gate_bias_init=0.0, gate_scale=1.0,
                  gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(zero_init_memory, bool):
@@ -269,6 +282,12 @@ class ConvNeur(BaseModule):
         if gate_bias_init and fusion != 'gate':
             raise ValueError(f"gate_bias_init={gate_bias_init} sets where the gate starts; it needs "
                              f"fusion='gate', got fusion={fusion!r}")
+        if isinstance(gate_scale, bool) or not isinstance(gate_scale, (int, float)) \
+                or not (math.isfinite(gate_scale) and gate_scale > 0):
+            raise ValueError(f'gate_scale must be a finite number > 0, got {gate_scale!r}')
+        if gate_scale != 1 and fusion != 'gate':
+            raise ValueError(f"gate_scale={gate_scale} scales the gate; it needs fusion='gate', "
+                             f"got fusion={fusion!r}")
         self.zero_init_memory = zero_init_memory
         self.gate_bias_init = float(gate_bias_init)
         self.arch = self.parse_arch(arch)
@@ -307,8 +326,9 @@ class ConvNeur(BaseModule):
                 widths[i - 1] if i else widths[0], widths[i], depths[i], downsample=i > 0,
                 drop_paths=dpr[start:start + depths[i]], memory_placement=memory_placement,
                 memory_cfg=dict(memory_cfg, memory_dim=self.arch['memory_dim'][i]),
-                with_cp=with_cp, fusion=fusion, kernel_size=kernel_size,
-                mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value))
+                with_cp=with_cp, fusion=fusion, gate_scale=float(gate_scale),
+                kernel_size=kernel_size, mlp_ratio=mlp_ratio,
+                layer_scale_init_value=layer_scale_init_value))
         # Output norms only for the requested stages: an unused norm would be an unused
         # parameter under DDP.
         for i in self.out_indices:
