@@ -142,6 +142,8 @@ CONVNEUR.update({
     # not a paper ablation: the residual branches start at 1e-6 (layer scale), which may slow
     # such short from-scratch runs; ConvNeXt-V2 has no layer scale
     'm1 layer_scale=off': dict(layer_scale_init_value=0.),
+    # the local body alone without layer scale: closest to ConvNeXt-V2 (which has GRN instead)
+    'm1 placement=none layer_scale=off': dict(memory_placement='none', layer_scale_init_value=0.),
     # not a paper ablation: training starts from the local-only network (zero memory
     # projection) and the memory enters as it learns
     'm1 zero_init_memory': dict(zero_init_memory=True),
@@ -163,13 +165,13 @@ CONVNEUR.update({
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
 GATED = {f'{peer} {gate}': (peer, gate) for peer in C3_C5_PLACES for gate in GLOBAL_BRANCHES}
 MAIN = ['convneur-m1', 'convneur-m2', 'resnet18', 'convnextv2-atto', 'pvtv2-b0', 'deit-tiny']
-SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 zero_init_memory',
-          'm1 layer_scale=off', 'm1 gate_bias=2', 'm1 gate_scale=2', 'resnet18', 'convnextv2-atto',
-          'convnextv2-femto', 'pvtv2-b0']
+SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 placement=none layer_scale=off',
+          'm1 zero_init_memory', 'm1 layer_scale=off', 'm1 gate_bias=2', 'm1 gate_scale=2',
+          'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
 # Variants added for the scenes protocol, not run on the demo sets.
-SCENES_ONLY = ('m1 gate_bias=2', 'm1 gate_scale=2', 'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16',
-               'm1 C_m=64')
+SCENES_ONLY = ('m1 gate_bias=2', 'm1 gate_scale=2', 'm1 placement=none layer_scale=off',
+               'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64')
 # The paper's ablations on the scenes: run by name (--runs), not part of the default tables.
 SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
                     'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64']
@@ -189,6 +191,7 @@ TABLES = {
     # the same candidates in from-scratch detection: chosen there on the validation scenes, which
     # are disjoint from the test scenes (scenes-cls validates on its test images)
     'recipe-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 placement=none',
+                                                   'm1 placement=none layer_scale=off',
                                                    'm1 zero_init_memory', 'm1 layer_scale=off',
                                                    'm1 gate_bias=2', 'm1 gate_scale=2']),
     'ablations': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 placement=none',
