@@ -193,6 +193,8 @@ def test_compare_real_tables_name_existing_runs_and_scale_their_budget(tmp_path)
                                           'scenes-cls | convneur-m1 | 2', 'scenes-cls | convneur-m2 | 0']
     assert out.stdout.count('\n') == 3 * len(tool.MAIN_SCENES)
     for bad, message in ((['--scale', '0'], '--scale must be > 0'),
+                         (['--jobs', '0'], '--jobs must be >= 1, got 0'),
+                         (['--threads', '-1'], '--threads must be >= 1, got -1'),
                          (['--tasks', 'cls'], 'give either --table or --tasks/--runs')):
         out = subprocess.run(cmd + bad, capture_output=True, text=True, cwd=REPO)
         assert out.returncode == 2 and message in out.stderr

@@ -517,6 +517,9 @@ def main():
                         help='which runs (default: all of a task); names as in --list')
     parser.add_argument('--seeds', nargs='+', type=int, help='default: 0 1 (0 1 2 for a --table)')
     parser.add_argument('--jobs', type=int, default=2, help='runs in parallel')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads per run (default: the cores split over --jobs); set it '
+                             'when another process shares the cores')
     parser.add_argument('--work-dir', default='work_dirs/compare_real')
     parser.add_argument('--data-root', default='data',
                         help='where tools/prepare_data.py wrote fashion_mnist/, nuclei/ and '
@@ -533,6 +536,9 @@ def main():
     parser.add_argument('--dry-run', action='store_true',
                         help='write every config and build its model, train nothing')
     args = parser.parse_args()
+    for name in ('jobs', 'threads'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name} must be >= 1, got {getattr(args, name)}')
     if args.table:
         if args.tasks or args.runs:
             parser.error('--table sets the tasks and runs; give either --table or --tasks/--runs')
@@ -567,7 +573,7 @@ def main():
         for job in jobs:
             print(*job, sep=' | ')
         return
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     print(f'{len(jobs)} runs, {args.jobs} at a time with {threads} thread(s) each; '
           f'logs under {args.work_dir}', flush=True)
     results = []
