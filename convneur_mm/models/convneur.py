@@ -229,7 +229,7 @@ class ConvNeur(BaseModule):
             Default: 0.
         gate_scale (float): the gate is ``gate_scale * sigmoid(G)`` (``fusion='gate'`` only).
             With 2 it starts at 1, so the branches are not halved, and keeps the sigmoid's full
-            slope (``gate_bias_init=2`` starts at 0.88 with a third of it). With layer scale on,
+            slope (``gate_bias_init=2`` starts at 0.88 with 0.42 of it). With layer scale on,
             the same functions as the default (the factor moves into gamma); what changes is
             training: under AdamW a layer scale grows by about the learning rate per step, so
             the branches grow gate_scale times faster. A reparametrisation for training from
