@@ -536,9 +536,9 @@ def main():
     parser.add_argument('--dry-run', action='store_true',
                         help='write every config and build its model, train nothing')
     args = parser.parse_args()
-    for name in ('jobs', 'threads'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    for name, value in (('jobs', args.jobs), ('threads', args.threads)):
+        if value is not None and value < 1:
+            parser.error(f'--{name} must be >= 1, got {value}')
     if args.table:
         if args.tasks or args.runs:
             parser.error('--table sets the tasks and runs; give either --table or --tasks/--runs')
