@@ -10,7 +10,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 from convneur_mm import ConvNeur, NeuralMemory
-from convneur_mm.models.convneur import ConvNeurBlock
+from convneur_mm.models.convneur import GRN, ConvNeurBlock, PatchifyStem
 from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
 
 STRIDES = (4, 8, 16, 32)
@@ -205,6 +205,41 @@ def test_gate_scale_is_a_reparametrisation_of_the_layer_scale():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('size', [(64, 64), (61, 45)])
+def test_patchify_stem_keeps_the_output_sizes(size):
+    """ConvNeXt's 4x4 stem gives every stage the default stem's ceil-mode sizes."""
+    x = torch.randn(1, 3, *size)
+    default, patchify = build('m1'), build('m1', stem='patchify')
+    assert isinstance(patchify.stem, PatchifyStem)
+    assert [o.shape for o in patchify(x)] == [o.shape for o in default(x)]
+
+
+def test_grn_starts_as_the_identity_and_normalises_over_positions():
+    torch.manual_seed(0)
+    grn = GRN(8)
+    x = torch.randn(2, 5, 7, 8)
+    assert torch.equal(grn(x), x)
+    with torch.no_grad():
+        grn.gamma.fill_(1.0)
+    # each channel's response is its L2 norm over positions relative to the channels' mean
+    norms = x.square().sum((1, 2)).sqrt()
+    expected = x + x * (norms / norms.mean(-1, keepdim=True)).view(2, 1, 1, 8)
+    torch.testing.assert_close(grn(x), expected)
+    # the local branch's GRN is a global operation: the other image of the batch is unaffected
+    y = x.clone()
+    y[0, 0, 0] += 10
+    assert torch.equal(grn(y)[1], grn(x)[1]) and not torch.allclose(grn(y)[0, 4], grn(x)[0, 4])
+    model = build('m1', use_grn=True)
+    model.init_weights()
+    assert all(isinstance(b.grn, GRN) for s in model.stages for b in s.blocks)
+    plain = build('m1')
+    plain.load_state_dict(model.state_dict(), strict=False)  # GRN at init: the same network
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), plain(x)):
+            torch.testing.assert_close(a, b)
+
+
 def test_out_indices_and_unbuilt_stages():
     model = build('m1', out_indices=(1, 2))
     assert len(model.stages) == 3 and model.out_channels == (80, 160)
@@ -351,6 +386,8 @@ def test_get_layer_depth():
     (dict(gate_scale=0), ValueError, r'gate_scale must be a finite number > 0, got 0'),
     (dict(gate_scale=True), ValueError, r'gate_scale must be a finite number > 0, got True'),
     (dict(gate_scale=2.0, fusion='add'), ValueError, r"gate_scale=2.0 scales.*fusion='add'"),
+    (dict(stem='resnet'), ValueError, r"stem='resnet' is not supported.*'conv', 'patchify'"),
+    (dict(use_grn='yes'), ValueError, r"use_grn must be True or False, got 'yes'"),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):
     kwargs.setdefault('arch', 'm1')

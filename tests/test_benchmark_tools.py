@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import types
@@ -79,7 +80,7 @@ def test_compare_real_configs_swap_only_the_backbone(tmp_path):
                     '--only', 'nuclei', 'fashion_mnist'], check=True)
     cmd = [sys.executable, osp.join(REPO, 'tools', 'compare_real.py'), '--dry-run', '--tasks',
            'cls', 'seg', '--runs', 'convneur-m1', 'resnet18', 'deit-tiny', 'pvtv2-b0', 'm1 fusion=add',
-           '--seeds', '3', '--work-dir', str(tmp_path), '--data-root', str(data)]
+           '--seeds', '3', '--work-dir', str(tmp_path), '--data-root', str(data), '--archive', '']
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'seg | deit-tiny: VisionTransformer' in out.stdout
@@ -167,6 +168,34 @@ def test_compare_real_tables_keep_the_runs_of_earlier_invocations(tmp_path):
                                                      ('resnet18', 0)]
     assert rows[0] is now
     assert tool.table_rows(Args, 'scenes-seg-ft', [], [])[1] == []
+
+
+def test_compare_real_archive_keeps_results_beyond_the_work_dir(tmp_path):
+    """A result survives a lost work dir through the archive and is not trained again; a run
+    that was finished before the archive existed is archived when it is next read."""
+    tool = load_tool('compare_real')
+    args = types.SimpleNamespace(work_dir=str(tmp_path / 'work'), archive=str(tmp_path / 'arch'),
+                                 budget={'scenes-det': {'max_iters': 300}})
+    work_dir = tool.run_dir(args, 'scenes-det', 'convneur-m1', 0)
+    result = dict(task='scenes-det', run='convneur-m1', seed=0, seconds=1.0)
+    tool.save_result(args, work_dir, result)
+    archived = tmp_path / 'arch' / 'scenes-det' / 'convneur-m1' / 'seed0.json'
+    assert json.loads(archived.read_text()) == result
+    shutil.rmtree(tmp_path / 'work')
+    assert tool.prepare('scenes-det', 'convneur-m1', 0, args) == (work_dir, result)
+    assert not osp.exists(work_dir)  # nothing to train, so no config is written
+    assert tool.table_rows(args, 'scenes-det', [], [])[1] == [result]
+    with pytest.raises(RuntimeError, match='seed0.json to train it again'):
+        tool.test(result, work_dir, 1, args)
+
+    older = tool.run_dir(args, 'scenes-det', 'resnet18', 1)
+    os.makedirs(older)
+    with open(osp.join(older, 'result.json'), 'w') as f:
+        json.dump(dict(result, run='resnet18', seed=1), f)
+    assert tool.load_result(args, older)['run'] == 'resnet18'
+    assert (tmp_path / 'arch' / 'scenes-det' / 'resnet18' / 'seed1.json').is_file()
+    args.archive = ''
+    assert tool.archive_path(args, older) is None
 
 
 def test_compare_real_scenes_ablations_run_by_name_only():

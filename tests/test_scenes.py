@@ -1,6 +1,7 @@
 """Fashion-MNIST scenes: the prepared COCO/semantic set and the global-context tasks."""
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,13 +177,17 @@ def test_head_signal_sees_a_consistent_shift():
 def test_global_context_tool_runs_and_resumes(tmp_path):
     cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--tasks', 'marker',
            '--variants', 'memory', '--seeds', '0', '--iters', '2', '--size', '128',
-           '--eval-scenes', '4', '--batch', '2', '--jobs', '1', '--work-dir', str(tmp_path)]
+           '--eval-scenes', '4', '--batch', '2', '--jobs', '1', '--work-dir', str(tmp_path / 'w'),
+           '--archive', str(tmp_path / 'archive')]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    [result] = tmp_path.glob('stages2-128/marker/memory/seed0.json')
+    [result] = tmp_path.glob('w/stages2-128/marker/memory/seed0.json')
     data = json.loads(result.read_text())
     assert 0 <= data['test']['accuracy'] <= 1 and set(data['write_strength_init']) == {
         'stages.0.memory', 'stages.1.memory'}
+    archived = tmp_path / 'archive' / 'stages2-128' / 'marker' / 'memory' / 'seed0.json'
+    assert json.loads(archived.read_text()) == data
+    shutil.rmtree(tmp_path / 'w')  # a new machine: the archive alone resumes the table
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert '1 already done, 0 to run' in again.stdout
-    assert (tmp_path / 'stages2-128' / 'results.md').read_text().count('| memory |') == 1
+    assert (tmp_path / 'w' / 'stages2-128' / 'results.md').read_text().count('| memory |') == 1

@@ -7,8 +7,8 @@
 
 The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py), one
 command per table (``TABLES``: pretraining, recipe, recipe-det, ablations, ablations-det-ft,
-seg-ft, det-ft, seg, det, plugins-resnet18, plugins-convnextv2-atto), each sized for about 90
-minutes on 2 cores:
+local-det, seg-ft, det-ft, seg, det, plugins-resnet18, plugins-convnextv2-atto), each sized for
+about 90 minutes on 2 cores:
 
     python tools/compare_real.py --table pretraining               # pre-train on the 60k images
     python tools/compare_real.py --table seg-ft                    # fine-tune the segmenters
@@ -31,6 +31,13 @@ between them. A finished run is not repeated (its metrics are read back), so an 
 comparison continues where it stopped. Each task's table (mean ± 95% CI over seeds) goes to
 ``--work-dir/<task>/results.md`` and every single result to ``results.csv`` beside it; a table
 holds every finished run of its task and budget, whichever invocation trained it.
+
+Every finished result is also kept in ``--archive`` (default ``docs/results/compare_real`` in the
+repository, one small JSON per run, committed with the docs), so that a table survives a new
+machine or a cleaned ``work_dirs``: a run found only there is not trained again. Its checkpoint is
+not archived, so ``--split test`` of such a run, and fine-tuning from an archived classifier,
+need it trained again (the classifier is retrained automatically; ``--split test`` says which
+archive file to delete).
 """
 import argparse
 import copy
@@ -160,6 +167,12 @@ CONVNEUR.update({
     # heads stay 32 wide where C_m allows it, as in the presets
     'm1 C_m=16': dict(arch=dict(ConvNeur.arch_zoo['m1'], memory_dim=16, head_dim=16)),
     'm1 C_m=64': dict(arch=dict(ConvNeur.arch_zoo['m1'], memory_dim=64)),
+    # not paper ablations: the local body without memory and layer scale, with ConvNeXt-V2's
+    # stem or GRN, the two differences left between it and ConvNeXt-V2-atto besides depth
+    'm1 placement=none layer_scale=off stem=patchify': dict(
+        memory_placement='none', layer_scale_init_value=0., stem='patchify'),
+    'm1 placement=none layer_scale=off grn': dict(
+        memory_placement='none', layer_scale_init_value=0., use_grn=True),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
@@ -169,12 +182,16 @@ SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 placement=none 
           'm1 zero_init_memory', 'm1 layer_scale=off', 'm1 gate_bias=2', 'm1 gate_scale=2',
           'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
+# M1's local body with ConvNeXt-V2's stem or GRN (the local-det table)
+LOCAL_BODY = ['m1 placement=none layer_scale=off stem=patchify',
+              'm1 placement=none layer_scale=off grn']
 # Variants added for the scenes protocol, not run on the demo sets.
 SCENES_ONLY = ('m1 gate_bias=2', 'm1 gate_scale=2', 'm1 placement=none layer_scale=off',
-               'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64')
-# The paper's ablations on the scenes: run by name (--runs), not part of the default tables.
+               'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY)
+# Run by name (--runs) or by their tables, not part of the default tables: the paper's ablations
+# on the scenes and the local-body probes.
 SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
-                    'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64']
+                    'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY]
 
 # The scenes tables, one command each (--table NAME), seeds 0-2. Each is sized for about 90
 # minutes on 2 cores, two runs side by side with one thread each (measured: a pre-training run
@@ -201,6 +218,11 @@ TABLES = {
     'ablations-det-ft': dict(tasks=['scenes-det-ft'], runs=['convneur-m1', 'm1 placement=none',
                                                            'm1 placement=block', 'm1 fusion=add',
                                                            'm1 memory=mlp']),
+    # why M1's local body learns detection from scratch slower than ConvNeXt-V2-atto: the body
+    # without memory and layer scale, with atto's stem or its GRN, each read against the body
+    'local-det': dict(tasks=['scenes-det'], runs=['m1 placement=none layer_scale=off',
+                                                  *LOCAL_BODY, 'convnextv2-atto'],
+                      reference='m1 placement=none layer_scale=off'),
     **{name: dict(tasks=[f'scenes-{name}'], runs=MAIN_SCENES)
        for name in ('seg-ft', 'det-ft', 'seg', 'det')},
     **{f'plugins-{peer}': dict(tasks=['scenes-seg-ft'],
@@ -360,19 +382,57 @@ def export_backbone(work_dir):
     torch.save(dict(state_dict=backbone), osp.join(work_dir, 'backbone.pth'))
 
 
+def archive_path(args, work_dir):
+    """``<archive>/<task>/<run>/seed<k>.json`` for the run in ``work_dir``; None without archive."""
+    root = getattr(args, 'archive', None)
+    if not root:
+        return None
+    return osp.join(osp.join(REPO, root) if not osp.isabs(root) else root,
+                    osp.relpath(work_dir, args.work_dir) + '.json')
+
+
+def save_result(args, work_dir, result):
+    """Write a run's result to its work dir and to the archive."""
+    paths = [osp.join(work_dir, 'result.json'), archive_path(args, work_dir)]
+    for path in filter(None, paths):
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(result, f, indent=1, sort_keys=True)
+            f.write('\n')
+
+
+def load_result(args, work_dir):
+    """A finished run's result, from its work dir or else from the archive; None if unfinished.
+
+    A result found only in its work dir (trained before the archive existed) is archived too.
+    """
+    local, archived = osp.join(work_dir, 'result.json'), archive_path(args, work_dir)
+    if osp.isfile(local):
+        with open(local) as f:
+            result = json.load(f)
+        if archived and not osp.isfile(archived):
+            save_result(args, work_dir, result)
+        return result
+    if archived and osp.isfile(archived):
+        with open(archived) as f:
+            return json.load(f)
+    return None
+
+
 def prepare(task, name, seed, args):
     """Work dir of a run and its result if it has finished; writes its config otherwise."""
     work_dir = run_dir(args, task, name, seed)
-    done = None
-    if osp.isfile(osp.join(work_dir, 'result.json')):
-        with open(osp.join(work_dir, 'result.json')) as f:
-            done = json.load(f)
-    else:
-        os.makedirs(work_dir, exist_ok=True)
-        pretrained = backbone_checkpoint(args, name) if TASKS[task].get('pretrain') else None
-        build_config(task, name, seed, work_dir, args.budget[task], args.data_root,
-                     pretrained).dump(osp.join(work_dir, 'config.py'))
+    done = load_result(args, work_dir)
+    if done is None:
+        write_config(task, name, seed, work_dir, args)
     return work_dir, done
+
+
+def write_config(task, name, seed, work_dir, args):
+    os.makedirs(work_dir, exist_ok=True)
+    pretrained = backbone_checkpoint(args, name) if TASKS[task].get('pretrain') else None
+    build_config(task, name, seed, work_dir, args.budget[task], args.data_root,
+                 pretrained).dump(osp.join(work_dir, 'config.py'))
 
 
 def _run_tool(tool, argv, log_path, threads):
@@ -382,7 +442,7 @@ def _run_tool(tool, argv, log_path, threads):
                               stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def train(task, name, seed, work_dir, threads):
+def train(task, name, seed, work_dir, threads, args):
     t = time.perf_counter()
     rc = _run_tool('tools/train.py', [osp.join(work_dir, 'config.py'), '--work-dir', work_dir],
                    osp.join(work_dir, 'train.log'), threads)
@@ -394,14 +454,17 @@ def train(task, name, seed, work_dir, threads):
     if task == 'scenes-cls':
         export_backbone(work_dir)
     result = dict(task=task, run=name, seed=seed, seconds=seconds, **metrics)
-    with open(osp.join(work_dir, 'result.json'), 'w') as f:
-        json.dump(result, f)
+    save_result(args, work_dir, result)
     return result
 
 
-def test(result, work_dir, threads):
+def test(result, work_dir, threads, args):
     """Evaluate a finished run's last checkpoint on its config's test split; adds ``test``."""
     task, name, seed = result['task'], result['run'], result['seed']
+    if not osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+        raise RuntimeError(f'{task} / {name} / seed {seed}: its result comes from the archive '
+                           f'without test metrics and its checkpoint is not in {work_dir}; '
+                           f'delete {archive_path(args, work_dir)} to train it again')
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     test_dir = osp.join(work_dir, 'test')
@@ -413,8 +476,7 @@ def test(result, work_dir, threads):
         raise RuntimeError(f'{task} / {name} / seed {seed}: test failed (exit {rc}); '
                            f'see {osp.join(work_dir, "test.log")}')
     result = dict(result, test=metrics)
-    with open(osp.join(work_dir, 'result.json'), 'w') as f:
-        json.dump(result, f)
+    save_result(args, work_dir, result)
     return result
 
 
@@ -443,7 +505,11 @@ def table_rows(args, task, results, jobs):
     """
     folder = osp.dirname(osp.dirname(run_dir(args, task, 'x', 0)))
     rows = {job_of(r): r for r in results if r['task'] == task}
-    for path in sorted(glob.glob(osp.join(folder, '*', 'seed*', 'result.json'))):
+    paths = sorted(glob.glob(osp.join(folder, '*', 'seed*', 'result.json')))
+    archived = archive_path(args, folder)
+    if archived:
+        paths += sorted(glob.glob(osp.join(archived[:-len('.json')], '*', 'seed*.json')))
+    for path in paths:
         with open(path) as f:
             r = json.load(f)
         rows.setdefault(job_of(r), r)
@@ -491,8 +557,8 @@ def summarize(results, args):
         for metric in metrics:
             readings = []
             for name, mine in by_run.items():
-                # ConvNeur's variants and the peers against M1; a gated peer against the bare peer
-                ref = GATED[name][0] if name in GATED else 'convneur-m1'
+                # against M1 (or the table's reference); a gated peer against the bare peer
+                ref = GATED[name][0] if name in GATED else getattr(args, 'reference', 'convneur-m1')
                 reference = by_run.get(ref, [])
                 if name == ref or len(mine) < 2 or len(reference) < 2:
                     continue
@@ -521,6 +587,9 @@ def main():
                         help='CPU threads per run (default: the cores split over --jobs); set it '
                              'when another process shares the cores')
     parser.add_argument('--work-dir', default='work_dirs/compare_real')
+    parser.add_argument('--archive', default=osp.join('docs', 'results', 'compare_real'),
+                        help='where every finished result is also kept, relative to the '
+                             'repository (default: %(default)s); "" turns it off')
     parser.add_argument('--data-root', default='data',
                         help='where tools/prepare_data.py wrote fashion_mnist/, nuclei/ and '
                              'fashion_scenes/')
@@ -543,6 +612,7 @@ def main():
         if args.tasks or args.runs:
             parser.error('--table sets the tasks and runs; give either --table or --tasks/--runs')
         args.tasks, args.runs = TABLES[args.table]['tasks'], TABLES[args.table]['runs']
+        args.reference = TABLES[args.table].get('reference', 'convneur-m1')
     args.tasks = args.tasks or ['cls', 'seg', 'det']
     args.seeds = args.seeds or (TABLE_SEEDS if args.table else [0, 1])
     try:
@@ -585,6 +655,18 @@ def main():
             pending.append((job, work_dir))
         else:
             results.append(done)
+    # A fine-tuning run starts from its classifier's backbone.pth, which the archive does not
+    # keep: an archived classifier whose checkpoint is gone is trained again first.
+    for job in dict.fromkeys(('scenes-cls', pretraining(j[1]), 0) for j, _ in pending
+                             if TASKS[j[0]].get('pretrain')):
+        if not osp.isfile(backbone_checkpoint(args, job[1])) and \
+                all(job != j for j, _ in pending):
+            print(f'{" | ".join(map(str, job))}: archived, but its classifier is not on this '
+                  f'machine; training it again for the runs that start from it', flush=True)
+            results = [r for r in results if job_of(r) != job]
+            work_dir = run_dir(args, *job)
+            write_config(*job, work_dir, args)
+            pending.insert(0, (job, work_dir))
     print(f'{len(results)} already done, {len(pending)} to train', flush=True)
     if args.dry_run:
         from convneur_mm.engine.launch import build_task_model
@@ -597,14 +679,14 @@ def main():
     work_dirs = {job: run_dir(args, *job) for job in jobs}
 
     def one(job, work_dir):
-        res = train(*job, work_dir, threads)
+        res = train(*job, work_dir, threads, args)
         shown = ', '.join(f'{k} {res[k]:.2f}' for k in TASKS[job[0]]['metrics'])
         results.append(res)
         print(f'[{len(results)}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] {job[0]} | '
               f'{job[1]} | seed {job[2]}: {shown} ({res["seconds"]:.0f} s)', flush=True)
 
     def evaluate(index):
-        results[index] = test(results[index], work_dirs[job_of(results[index])], threads)
+        results[index] = test(results[index], work_dirs[job_of(results[index])], threads, args)
         shown = ', '.join(f'{k} {v:.2f}' for k, v in results[index]['test'].items())
         print(f'[test] {" | ".join(map(str, job_of(results[index])))}: {shown}', flush=True)
 

@@ -22,12 +22,15 @@ A run trains a backbone and a light head (a 1x1 conv per map, upsampled to strid
 AdamW, linear warm-up and cosine decay, from scratch. Runs go to
 ``<work-dir>/<task>/<variant>/seed<k>.json``; a finished run is never repeated, so an interrupted
 table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
+Each result is also kept in ``--archive`` (default ``docs/results/global_context`` in the
+repository), where a later run on another machine finds it and does not train it again.
 The scenes, probes and training loop are ``convneur_mm.scenes``; this tool picks models and runs.
 """
 import argparse
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +156,29 @@ def result_path(args, task, variant, seed):
                     variant.replace(' ', '_').replace('=', '-'), f'seed{seed}.json')
 
 
+def archive_path(args, path):
+    """Where the archive keeps the result at ``path`` (a ``result_path``); None without one."""
+    if not args.archive:
+        return None
+    root = args.archive if osp.isabs(args.archive) else osp.join(REPO, args.archive)
+    return osp.join(root, osp.relpath(path, args.work_dir))
+
+
+def find_result(args, job):
+    """The file holding a finished run's result (its work dir's, else the archive's), or None.
+
+    A result only in the work dir is archived on the way.
+    """
+    path = result_path(args, *job)
+    archived = archive_path(args, path)
+    if osp.exists(path):
+        if archived and not osp.exists(archived):
+            os.makedirs(osp.dirname(archived), exist_ok=True)
+            shutil.copyfile(path, archived)
+        return path
+    return archived if archived and osp.exists(archived) else None
+
+
 def summarize(args, jobs):
     from convneur_mm.stats import fmt, separated
     lines = [f'Global-context tasks: {args.size}x{args.size} scenes, ConvNeur/peer stages '
@@ -164,8 +190,8 @@ def summarize(args, jobs):
                   '|---|---|---|---|---|']
         results = {}
         for variant in dict.fromkeys(j[1] for j in jobs if j[0] == task):
-            rs = [json.load(open(p)) for p in (result_path(args, task, variant, s)
-                                                for s in args.seeds) if osp.exists(p)]
+            rs = [json.load(open(p)) for p in (find_result(args, (task, variant, s))
+                                                for s in args.seeds) if p]
             if not rs:
                 continue
             results[variant] = rs
@@ -207,6 +233,9 @@ def main():
                         help='iterations between accuracy checks on 64 validation scenes (0: none)')
     parser.add_argument('--jobs', type=int, default=2, help='runs in parallel, one thread each')
     parser.add_argument('--work-dir', default='work_dirs/global_context')
+    parser.add_argument('--archive', default=osp.join('docs', 'results', 'global_context'),
+                        help='where every finished result is also kept, relative to the '
+                             'repository (default: %(default)s); "" turns it off')
     parser.add_argument('--cache', default=os.environ.get(
         'CONVNEUR_CACHE', str(Path.home() / '.cache' / 'convneur-mm')) + '/downloads')
     parser.add_argument('--list', action='store_true', help='print the runs and exit')
@@ -255,9 +284,9 @@ def main():
     if args.list:
         for job in jobs:
             print(*job, sep=' | ', end=' | ')
-            print('done' if osp.exists(result_path(args, *job)) else 'to run')
+            print('done' if find_result(args, job) else 'to run')
         return
-    pending = [j for j in jobs if not osp.exists(result_path(args, *j))]
+    pending = [j for j in jobs if not find_result(args, j)]
     if not args.summary:
         print(f'{len(jobs)} runs, {len(jobs) - len(pending)} already done, {len(pending)} to run, '
               f'{args.jobs} at a time; logs beside the results under {args.work_dir}', flush=True)
@@ -280,7 +309,7 @@ def main():
                 print(f'[{done[0]}/{len(pending)}] {task} | {variant} | seed {seed}: FAILED '
                       f'(exit {rc}), see {path.replace(".json", ".log")}', flush=True)
                 return
-            r = json.load(open(path))
+            r = json.load(open(find_result(args, job)))  # and archived
             print(f'[{done[0]}/{len(pending)}, {time.perf_counter() - t0:.0f} s] {task} | {variant} '
                   f'| seed {seed}: test {r["test"]["accuracy"]:.3f}, val {r["val"]["accuracy"]:.3f} '
                   f'({r["seconds"]:.0f} s)', flush=True)

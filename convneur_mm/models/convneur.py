@@ -55,6 +55,49 @@ class Stem(nn.Sequential):
             nn.Conv2d(mid, out_channels, 3, stride=2, padding=1), LayerNorm2d(out_channels))
 
 
+class PatchifyStem(nn.Module):
+    """ConvNeXt's stem, one 4x4 stride-4 conv and a LayerNorm: (B, in, H, W) -> (B, C, ceil(H/4),
+    ceil(W/4)).
+
+    Not the paper's (it does not describe one) and not the default: an option for measuring how
+    much the stem explains of how fast a network learns from scratch. Sizes that are not
+    multiples of 4 are zero-padded at the bottom/right, for the same ceil-mode sizes as
+    :class:`Stem`.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=4)
+        self.norm = LayerNorm2d(out_channels)
+
+    def forward(self, x):
+        x = F.pad(x, (0, -x.shape[-1] % 4, 0, -x.shape[-2] % 4))
+        return self.norm(self.conv(x))
+
+
+STEMS = {'conv': Stem, 'patchify': PatchifyStem}
+
+
+class GRN(nn.Module):
+    """Global response normalisation (ConvNeXt-V2) of channels-last (B, H, W, C) maps.
+
+    x + gamma * (x * N) + beta, with N the per-channel L2 norm over positions divided by its
+    mean over channels. gamma and beta start at zero, so it starts as the identity. An option
+    for measuring what ConvNeXt-V2's GRN adds to the local branch, not part of the paper's block.
+    """
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        norms = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        n = norms / (norms.mean(-1, keepdim=True) + self.eps)
+        return torch.addcmul(x + self.beta, self.gamma * x, n)
+
+
 class Downsample(nn.Module):
     """LayerNorm then 2x2 stride-2 conv: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)).
 
@@ -86,6 +129,7 @@ class ConvNeurBlock(nn.Module):
         fusion (str): how the global map G enters: ``'gate'`` multiplies the local branch by
             sigmoid(G), ``'add'`` adds G to it (the paper's additive ablation).
         gate_scale (float): with ``'gate'`` fusion, the gate is ``gate_scale * sigmoid(G)``.
+        use_grn (bool): a :class:`GRN` after the MLP's activation, as in ConvNeXt-V2.
 
     Shape:
         x: (B, C, H, W); context: (B, C, H, W) or None -> (B, C, H, W). The context is the
@@ -93,7 +137,8 @@ class ConvNeurBlock(nn.Module):
     """
 
     def __init__(self, channels, kernel_size=7, mlp_ratio=4.0, drop_path=0.0,
-                 layer_scale_init_value=1e-6, memory_cfg=None, fusion='gate', gate_scale=1.0):
+                 layer_scale_init_value=1e-6, memory_cfg=None, fusion='gate', gate_scale=1.0,
+                 use_grn=False):
         super().__init__()
         self.dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
                                 groups=channels)
@@ -102,6 +147,7 @@ class ConvNeurBlock(nn.Module):
         # Pointwise layers as Linear on channels-last tokens: one GEMM each, no im2col.
         self.pwconv1 = nn.Linear(channels, hidden)
         self.act = nn.GELU()
+        self.grn = GRN(hidden) if use_grn else nn.Identity()
         self.pwconv2 = nn.Linear(hidden, channels)
         self.gamma = (nn.Parameter(torch.full((channels,), float(layer_scale_init_value)))
                       if layer_scale_init_value > 0 else None)
@@ -114,7 +160,7 @@ class ConvNeurBlock(nn.Module):
         if self.memory is not None:
             context = global_context(self.memory(x), self.fusion, self.gate_scale)
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))).permute(0, 3, 1, 2)
+        y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y))))).permute(0, 3, 1, 2)
         if context is not None:
             y = y * context if self.fusion == 'gate' else y + context
         if self.gamma is not None:
@@ -234,6 +280,11 @@ class ConvNeur(BaseModule):
             training: under AdamW a layer scale grows by about the learning rate per step, so
             the branches grow gate_scale times faster. A reparametrisation for training from
             scratch. Default: 1 (the paper's gate).
+        stem (str): ``'conv'`` (default: two 3x3 stride-2 convs, :class:`Stem`) or
+            ``'patchify'`` (ConvNeXt's 4x4 stride-4 conv, :class:`PatchifyStem`). The paper does
+            not describe its stem; ``'patchify'`` is for measuring what the stem does.
+        use_grn (bool): ConvNeXt-V2's global response normalisation in every block's MLP
+            (:class:`GRN`, the identity at initialisation). Not in the paper. Default: False.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
             classification head) instead of maps. Default: False.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=...,
@@ -272,7 +323,7 @@ class ConvNeur(BaseModule):
                  memory_placement='stage', memory_type='linear', fusion='gate',
                  chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
                  compile_memory=False, zero_init_memory=False, gate_bias_init=0.0, gate_scale=1.0,
-                 gap_before_final_norm=False, init_cfg=None):
+                 stem='conv', use_grn=False, gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(zero_init_memory, bool):
             raise ValueError(f'zero_init_memory must be True or False, got {zero_init_memory!r}')
@@ -288,6 +339,10 @@ class ConvNeur(BaseModule):
         if gate_scale != 1 and fusion != 'gate':
             raise ValueError(f"gate_scale={gate_scale} scales the gate; it needs fusion='gate', "
                              f"got fusion={fusion!r}")
+        if stem not in STEMS:
+            raise ValueError(f'stem={stem!r} is not supported; expected one of {tuple(STEMS)}')
+        if not isinstance(use_grn, bool):
+            raise ValueError(f'use_grn must be True or False, got {use_grn!r}')
         self.zero_init_memory = zero_init_memory
         self.gate_bias_init = float(gate_bias_init)
         self.arch = self.parse_arch(arch)
@@ -315,7 +370,7 @@ class ConvNeur(BaseModule):
             grad_clip=grad_clip, center_keys=center_keys, global_query=global_query,
             compile=compile_memory)
 
-        self.stem = Stem(in_channels, widths[0])
+        self.stem = STEMS[stem](in_channels, widths[0])
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
         # Stages after the last requested output are not built: they would be unused parameters
@@ -327,7 +382,7 @@ class ConvNeur(BaseModule):
                 drop_paths=dpr[start:start + depths[i]], memory_placement=memory_placement,
                 memory_cfg=dict(memory_cfg, memory_dim=self.arch['memory_dim'][i]),
                 with_cp=with_cp, fusion=fusion, gate_scale=float(gate_scale),
-                kernel_size=kernel_size, mlp_ratio=mlp_ratio,
+                kernel_size=kernel_size, mlp_ratio=mlp_ratio, use_grn=use_grn,
                 layer_scale_init_value=layer_scale_init_value))
         # Output norms only for the requested stages: an unused norm would be an unused
         # parameter under DDP.
