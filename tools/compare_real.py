@@ -58,6 +58,7 @@ from mmengine.config import Config
 # mmengine imports pkg_resources, whose deprecation warning would repeat for every config built
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
+from convneur_mm import archive
 from convneur_mm.models.convneur import ConvNeur
 from convneur_mm.presets import (C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM,
                                  gated_peer)
@@ -384,11 +385,7 @@ def export_backbone(work_dir):
 
 def archive_path(args, work_dir):
     """``<archive>/<task>/<run>/seed<k>.json`` for the run in ``work_dir``; None without archive."""
-    root = getattr(args, 'archive', None)
-    if not root:
-        return None
-    return osp.join(osp.join(REPO, root) if not osp.isabs(root) else root,
-                    osp.relpath(work_dir, args.work_dir) + '.json')
+    return archive.archive_path(work_dir + '.json', args.work_dir, getattr(args, 'archive', None))
 
 
 def save_result(args, work_dir, result):
@@ -406,17 +403,11 @@ def load_result(args, work_dir):
 
     A result found only in its work dir (trained before the archive existed) is archived too.
     """
-    local, archived = osp.join(work_dir, 'result.json'), archive_path(args, work_dir)
-    if osp.isfile(local):
-        with open(local) as f:
-            result = json.load(f)
-        if archived and not osp.isfile(archived):
-            save_result(args, work_dir, result)
-        return result
-    if archived and osp.isfile(archived):
-        with open(archived) as f:
-            return json.load(f)
-    return None
+    path = archive.find(osp.join(work_dir, 'result.json'), archive_path(args, work_dir))
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def prepare(task, name, seed, args):

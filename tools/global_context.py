@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convneur_mm import archive
 from convneur_mm.presets import CONVNEXTV2
 from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal,
                                 marker_sensitivity, split_pools, train_probe)
@@ -156,27 +156,10 @@ def result_path(args, task, variant, seed):
                     variant.replace(' ', '_').replace('=', '-'), f'seed{seed}.json')
 
 
-def archive_path(args, path):
-    """Where the archive keeps the result at ``path`` (a ``result_path``); None without one."""
-    if not args.archive:
-        return None
-    root = args.archive if osp.isabs(args.archive) else osp.join(REPO, args.archive)
-    return osp.join(root, osp.relpath(path, args.work_dir))
-
-
 def find_result(args, job):
-    """The file holding a finished run's result (its work dir's, else the archive's), or None.
-
-    A result only in the work dir is archived on the way.
-    """
+    """The file holding a finished run's result (its work dir's, else the archive's), or None."""
     path = result_path(args, *job)
-    archived = archive_path(args, path)
-    if osp.exists(path):
-        if archived and not osp.exists(archived):
-            os.makedirs(osp.dirname(archived), exist_ok=True)
-            shutil.copyfile(path, archived)
-        return path
-    return archived if archived and osp.exists(archived) else None
+    return archive.find(path, archive.archive_path(path, args.work_dir, args.archive))
 
 
 def summarize(args, jobs):

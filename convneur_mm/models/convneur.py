@@ -147,7 +147,8 @@ class ConvNeurBlock(nn.Module):
         # Pointwise layers as Linear on channels-last tokens: one GEMM each, no im2col.
         self.pwconv1 = nn.Linear(channels, hidden)
         self.act = nn.GELU()
-        self.grn = GRN(hidden) if use_grn else nn.Identity()
+        # None, not nn.Identity, when off: no extra module call per block in the default model
+        self.grn = GRN(hidden) if use_grn else None
         self.pwconv2 = nn.Linear(hidden, channels)
         self.gamma = (nn.Parameter(torch.full((channels,), float(layer_scale_init_value)))
                       if layer_scale_init_value > 0 else None)
@@ -160,7 +161,10 @@ class ConvNeurBlock(nn.Module):
         if self.memory is not None:
             context = global_context(self.memory(x), self.fusion, self.gate_scale)
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y))))).permute(0, 3, 1, 2)
+        y = self.act(self.pwconv1(self.norm(y)))
+        if self.grn is not None:
+            y = self.grn(y)
+        y = self.pwconv2(y).permute(0, 3, 1, 2)
         if context is not None:
             y = y * context if self.fusion == 'gate' else y + context
         if self.gamma is not None:
