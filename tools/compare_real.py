@@ -7,8 +7,8 @@
 
 The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py), one
 command per table (``TABLES``: pretraining, recipe, recipe-det, ablations, ablations-det-ft,
-local-det, seg-ft, det-ft, seg, det, plugins-resnet18, plugins-convnextv2-atto), each sized for
-about 90 minutes on 2 cores:
+local-det, stem-det, seg-ft, det-ft, seg, det, plugins-resnet18, plugins-convnextv2-atto), each
+sized for about 90 minutes on 2 cores:
 
     python tools/compare_real.py --table pretraining               # pre-train on the 60k images
     python tools/compare_real.py --table seg-ft                    # fine-tune the segmenters
@@ -174,6 +174,8 @@ CONVNEUR.update({
         memory_placement='none', layer_scale_init_value=0., stem='patchify'),
     'm1 placement=none layer_scale=off grn': dict(
         memory_placement='none', layer_scale_init_value=0., use_grn=True),
+    # not a paper ablation: the whole M1 (memory, layer scale) with ConvNeXt-V2's stem
+    'm1 stem=patchify': dict(stem='patchify'),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
@@ -183,9 +185,9 @@ SCENES = ['convneur-m1', 'convneur-m2', 'm1 placement=none', 'm1 placement=none 
           'm1 zero_init_memory', 'm1 layer_scale=off', 'm1 gate_bias=2', 'm1 gate_scale=2',
           'resnet18', 'convnextv2-atto', 'convnextv2-femto', 'pvtv2-b0']
 
-# M1's local body with ConvNeXt-V2's stem or GRN (the local-det table)
+# ConvNeXt-V2's stem or GRN in M1's local body (local-det), and its stem in the whole M1 (stem-det)
 LOCAL_BODY = ['m1 placement=none layer_scale=off stem=patchify',
-              'm1 placement=none layer_scale=off grn']
+              'm1 placement=none layer_scale=off grn', 'm1 stem=patchify']
 # Variants added for the scenes protocol, not run on the demo sets.
 SCENES_ONLY = ('m1 gate_bias=2', 'm1 gate_scale=2', 'm1 placement=none layer_scale=off',
                'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY)
@@ -224,6 +226,9 @@ TABLES = {
     'local-det': dict(tasks=['scenes-det'], runs=['m1 placement=none layer_scale=off',
                                                   *LOCAL_BODY, 'convnextv2-atto'],
                       reference='m1 placement=none layer_scale=off'),
+    # whether ConvNeXt-V2's stem also lifts the whole M1, memory and layer scale included
+    'stem-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 stem=patchify',
+                                                 'convnextv2-atto'], reference='convneur-m1'),
     **{name: dict(tasks=[f'scenes-{name}'], runs=MAIN_SCENES)
        for name in ('seg-ft', 'det-ft', 'seg', 'det')},
     **{f'plugins-{peer}': dict(tasks=['scenes-seg-ft'],
