@@ -12,7 +12,7 @@ Both draw photographs from :func:`split_pools`: training scenes from the 60k tra
 validation scenes from test images 0-4999 and test scenes from 5000-9999, so no photograph is
 shared between splits. The probes (:class:`Probe`, :class:`OracleProbe`), their training loop
 (:func:`train_probe`), their evaluation (:func:`evaluate_probe`) and the memory's response to the
-marker (:func:`marker_sensitivity`) live here too, so the tools only choose models and runs.
+marker (:func:`marker_response`) live here too, so the tools only choose models and runs.
 
 Needs numpy, torch and PIL; nothing of OpenMMLab.
 """
@@ -240,11 +240,15 @@ def _write_strength(model, x):
 
 
 def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=MARKER,
-                eval_scenes=256, eval_every=200, log_every=50, tag=''):
+                eval_scenes=256, eval_every=200, log_every=50, track=None, tag=''):
     """Train ``model`` on ``task`` scenes drawn by ``rng`` from ``pools['train']`` with AdamW
     (weight decay 0.05 on weight matrices), a linear warm-up over a tenth of the run, cosine
     decay and a gradient clip at norm 5. Prints progress; returns the loss and validation curves,
     the final validation and test accuracies and the memories' write strength before and after.
+
+    ``track(model)``, if given, is called at initialisation and at every log step; its results
+    are returned as ``track_curve`` [(iteration, result)]. It must leave the model's mode and
+    every random state as it found them, so that tracking does not change the run.
     """
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'initial' not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and 'initial' not in n)]
@@ -256,6 +260,7 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
     probe_x = task_batch(np.random.default_rng([9, 9]), pools['val'], task, 2, size,
                          marker_side)[0]
     strength_init = _write_strength(model, probe_x)
+    track_curve = [(0, track(model))] if track else []
     curve, val_curve, t0 = [], [], time.perf_counter()
     running = None
     for it in range(iters):
@@ -271,6 +276,8 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
             curve.append((it + 1, running))
             print(f'[{tag}] iter {it + 1}/{iters} loss {running:.4f} '
                   f'({(time.perf_counter() - t0) / (it + 1):.2f} s/iter)', flush=True)
+            if track:
+                track_curve.append((it + 1, track(model)))
         if eval_every and (it + 1) % eval_every == 0 and it + 1 < iters:
             # a smaller validation set than the final one: the learning curve, not the result
             acc = evaluate_probe(model, pools['val'], task, 1, size, 64, batch,
@@ -278,7 +285,7 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
             val_curve.append((it + 1, acc))
             print(f'[{tag}] iter {it + 1}: accuracy on 64 validation scenes {acc:.3f}', flush=True)
     seconds = time.perf_counter() - t0
-    return dict(seconds=seconds, loss_curve=curve, val_curve=val_curve,
+    return dict(seconds=seconds, loss_curve=curve, val_curve=val_curve, track_curve=track_curve,
                 val=evaluate_probe(model, pools['val'], task, 1, size, eval_scenes, batch,
                                    marker_side),
                 test=evaluate_probe(model, pools['test'], task, 2, size, eval_scenes, batch,
@@ -309,33 +316,54 @@ def _item_mask(labels, size, map_size):
 
 
 @torch.no_grad()
-def marker_sensitivity(model, pool, size, marker_side=MARKER, num_scenes=4):
-    """How much each neural memory's global map G changes at the items' positions when the
-    marker is erased from a scene, relative to G there: one value per memory (mean over
-    ``num_scenes`` marker scenes of ``pool``), or None for a model without memory.
+def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
+    """How much each neural memory responds when the marker is erased from a scene (mean over
+    ``num_scenes`` marker scenes of ``pool``), or None for a model without memory. Returns, one
+    value per memory:
 
-    This is the signal a marker-task gradient starts from: a global branch that barely responds
-    to the cross gives gradients that barely separate the two labels.
+    * ``input``: the change of the memory's input map, relative to that map's spread around its
+      mean (how much of what the stage sees is the cross);
+    * ``read``: the relative change, at the items' positions, of the memory's read before its
+      output projection;
+    * ``map``: the same for the global map G, the signal a marker-task gradient starts from.
+
+    Together they tell where the cross is lost: an input that stops responding means the layers
+    before the memory learned to erase the cross; a read that stops behind a responding input
+    means the write no longer carries it (keys, steps); a map that stops behind a responding
+    read means the projection ignores it. With ``zero_init_memory`` G is 0 at initialisation and
+    ``map`` is NaN there.
     """
     from .models import NeuralMemory
-    model.eval()
     memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
     if not memories:
         return None
+    was_training = model.training
+    model.eval()
     grabbed = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: grabbed.__setitem__(k, o))
-             for k, m in enumerate(memories)]
-    change = [[] for _ in memories]
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, i, k=k: grabbed.__setitem__(('input', k), i[0])) for k, m in enumerate(memories)]
+    hooks += [m.proj.register_forward_hook(
+        lambda mod, i, o, k=k: grabbed.update({('read', k): i[0], ('map', k): o}))
+        for k, m in enumerate(memories)]
+    change = {name: [[] for _ in memories] for name in ('input', 'read', 'map')}
     try:
         for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
+            grabbed.clear()
             model(to_input([image, erased]))
-            for k, g in grabbed.items():
-                item = _item_mask(labels, size, g.shape[-2:])
-                change[k].append(float((g[0] - g[1])[:, item].norm() / g[1][:, item].norm()))
+            for (name, k), t in grabbed.items():
+                if name == 'input':  # (B, C, h, w)
+                    a, b = t[0], t[1]
+                    spread = (b - b.mean((1, 2), keepdim=True)).norm()
+                else:  # proj's (B, N, C) tokens, in raster order of the stage's square map
+                    item = _item_mask(labels, size, (math.isqrt(t.shape[1]),) * 2).flatten()
+                    a, b = t[0, item], t[1, item]
+                    spread = b.norm()
+                change[name][k].append(float((a - b).norm() / spread) if spread > 0 else math.nan)
     finally:
         for h in hooks:
             h.remove()
-    return [float(np.mean(c)) for c in change]
+        model.train(was_training)
+    return {name: [float(np.mean(c)) for c in per] for name, per in change.items()}
 
 
 @torch.no_grad()

@@ -140,15 +140,68 @@ def test_global_context_sensitivity_mode():
                                              'convnextv2-atto memory-gate center global')
                                             for s in (0, 1)]
     by = {(r[0], r[1]): r for r in rows}
-    changes = [float(v.strip(' %')) for v in by['memory center', 'seed 0'][2][2:].split('/')]
-    assert len(changes) == 2 and all(c > 0 for c in changes)
+    for part, name in ((2, 'input '), (3, 'read '), (4, 'map ')):
+        assert by['memory center', 'seed 0'][part].startswith(name)
+        changes = [float(v.strip(' %')) for v in
+                   by['memory center', 'seed 0'][part].removeprefix(name).split('/')]
+        assert len(changes) == 2 and all(c > 0 for c in changes)
     # the seed decides the initialisation, so the two seeds' responses differ
     assert by['memory center', 'seed 0'][2] != by['memory center', 'seed 1'][2]
-    assert by['local', 'seed 0'][2] == 'G no memory'
+    assert by['local', 'seed 0'][2] == 'no memory'
     assert by['convnextv2-atto memory-gate center global', 'seed 0'][2].count('%') == 2
     for r in rows:
-        ratio, consistency = r[3].removeprefix('head ').split(', consistency ')
+        ratio, consistency = r[-1].removeprefix('head ').split(', consistency ')
         assert float(ratio) >= 0 and 0 <= float(consistency) <= 1 + 1e-6
+
+
+def _tiny_probe(**kwargs):
+    from convneur_mm import ConvNeur
+    backbone = ConvNeur(arch='m1', out_indices=(0, 1), chunk_size=64, max_lr=1e-3, **kwargs)
+    backbone.init_weights()
+    return scenes.Probe(backbone, backbone.out_channels)
+
+
+def _noise_pools():
+    rng = np.random.default_rng(0)
+    pool = scenes.Pool(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10)
+    return dict(train=pool, val=pool, test=pool)
+
+
+def test_marker_response_separates_the_read_from_the_map():
+    pool = _noise_pools()['val']
+    torch.manual_seed(0)
+    plain = scenes.marker_response(_tiny_probe(center_keys=True), pool, 128, 12, num_scenes=2)
+    assert set(plain) == {'input', 'map', 'read'}
+    assert all(len(v) == 2 and all(c > 0 for c in v) for v in plain.values())
+    torch.manual_seed(0)
+    zero = _tiny_probe(center_keys=True, zero_init_memory=True)
+    response = scenes.marker_response(zero, pool, 128, 12, num_scenes=2)
+    # G = 0: its relative change is undefined, but the read behind it responds as before (in
+    # stage 2 up to stage 1's gate, which moved by layer scale 1e-6 times the old G)
+    assert all(np.isnan(c) for c in response['map'])
+    assert response['read'][0] == pytest.approx(plain['read'][0], rel=1e-6)
+    assert response['read'][1] == pytest.approx(plain['read'][1], rel=1e-3)
+    assert response['input'][0] == pytest.approx(plain['input'][0], rel=1e-6)
+    assert zero.training  # the mode is restored
+    assert scenes.marker_response(_tiny_probe(memory_placement='none'), pool, 128) is None
+
+
+def test_tracking_does_not_change_the_run():
+    """train_probe's ``track`` is called at init and every log step, and leaves training as it
+    would have been without it."""
+    runs = []
+    for track in (None, lambda m: scenes.marker_response(m, pools['val'], 64, 12, num_scenes=1)):
+        torch.manual_seed(0)
+        pools = _noise_pools()
+        runs.append(scenes.train_probe(_tiny_probe(center_keys=True), pools, 'marker',
+                                       np.random.default_rng(0), iters=4, batch=2, size=64,
+                                       lr=1e-3, eval_scenes=2, eval_every=0, log_every=2,
+                                       track=track))
+    untracked, tracked = runs
+    assert untracked['track_curve'] == []
+    assert [it for it, _ in tracked['track_curve']] == [0, 2, 4]
+    assert all(len(r['read']) == 2 for _, r in tracked['track_curve'])
+    assert tracked['loss_curve'] == untracked['loss_curve']
 
 
 def test_head_signal_sees_a_consistent_shift():
@@ -185,6 +238,9 @@ def test_global_context_tool_runs_and_resumes(tmp_path):
     data = json.loads(result.read_text())
     assert 0 <= data['test']['accuracy'] <= 1 and set(data['write_strength_init']) == {
         'stages.0.memory', 'stages.1.memory'}
+    # the memories' response to the cross, at initialisation and at the last iteration
+    assert [it for it, _ in data['track_curve']] == [0, 2]
+    assert all(len(r['read']) == 2 for _, r in data['track_curve'])
     archived = tmp_path / 'archive' / 'stages2-128' / 'marker' / 'memory' / 'seed0.json'
     assert json.loads(archived.read_text()) == data
     shutil.rmtree(tmp_path / 'w')  # a new machine: the archive alone resumes the table

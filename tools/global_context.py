@@ -22,6 +22,8 @@ A run trains a backbone and a light head (a 1x1 conv per map, upsampled to strid
 AdamW, linear warm-up and cosine decay, from scratch. Runs go to
 ``<work-dir>/<task>/<variant>/seed<k>.json``; a finished run is never repeated, so an interrupted
 table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
+Marker runs also record, at initialisation and every ``--log-every`` iterations, how much each
+memory's map and read respond to the cross (``track_curve``, ``convneur_mm.scenes.marker_response``).
 Each result is also kept in ``--archive`` (default ``docs/results/global_context`` in the
 repository), where a later run on another machine finds it and does not train it again.
 The scenes, probes and training loop are ``convneur_mm.scenes``; this tool picks models and runs.
@@ -41,8 +43,8 @@ import torch
 
 from convneur_mm import archive
 from convneur_mm.presets import CONVNEXTV2
-from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal,
-                                marker_sensitivity, split_pools, train_probe)
+from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal, marker_response,
+                                split_pools, train_probe)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -70,6 +72,10 @@ VARIANTS = {
     # the paper's additive ablation: the read enters the residual stream as it is, where the gate
     # can only rescale the item's own local features
     'memory center fusion=add': dict(DENSE, center_keys=True, fusion='add'),
+    # G = 0 at initialisation (the output projections start at zero): before the bit is learned,
+    # a write that moves G can only act on the items as noise, which training then suppresses
+    'memory zero': dict(DENSE, zero_init_memory=True),
+    'memory center zero': dict(DENSE, center_keys=True, zero_init_memory=True),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
@@ -132,20 +138,25 @@ def train_one(task, variant, seed, args):
     rng = np.random.default_rng(seed)
     pools = load_pools(args.cache)
     model = build(variant, args.stages)
+    # the memories' response to the cross through training: where a seed loses the bit
+    track = (lambda m: marker_response(m, pools['val'], args.size, args.marker)) \
+        if task == 'marker' else None
     result = train_probe(model, pools, task, rng, iters=args.iters, batch=args.batch,
                          size=args.size, lr=args.lr, marker_side=args.marker,
                          eval_scenes=args.eval_scenes, eval_every=args.eval_every,
-                         log_every=args.log_every, tag=f'{task} | {variant} | seed {seed}')
+                         log_every=args.log_every, track=track,
+                         tag=f'{task} | {variant} | seed {seed}')
     return dict(task=task, variant=variant, seed=seed, iters=args.iters, batch=args.batch,
                 size=args.size, stages=args.stages, **result)
 
 
 def sensitivity(variant, seed, args, pool):
-    """At the initialisation of ``seed``'s run: the change of each memory's G at the items when
-    the cross is erased, and what of it reaches the head (``head_signal``)."""
+    """At the initialisation of ``seed``'s run: the change of each memory's G and read at the
+    items when the cross is erased (``marker_response``), and what of it reaches the head
+    (``head_signal``)."""
     torch.manual_seed(seed)
     model = build(variant, args.stages)
-    return (marker_sensitivity(model, pool, args.size, args.marker),
+    return (marker_response(model, pool, args.size, args.marker),
             head_signal(model, pool, args.size, args.marker))
 
 
@@ -162,6 +173,17 @@ def find_result(args, job):
     return archive.find(path, archive.archive_path(path, args.work_dir, args.archive))
 
 
+def response_cell(results):
+    """Mean over seeds of each memory's read response (``marker_response``) at the first and the
+    last tracked iteration, or '-' where the runs did not track it."""
+    curves = [r['track_curve'] for r in results if r.get('track_curve') and r['track_curve'][0][1]]
+    if not curves:
+        return '-'
+    at = [' / '.join(f'{100 * float(np.mean(col)):.2f}%'
+                     for col in zip(*(c[index][1]['read'] for c in curves))) for index in (0, -1)]
+    return ' → '.join(at)
+
+
 def summarize(args, jobs):
     from convneur_mm.stats import fmt, separated
     lines = [f'Global-context tasks: {args.size}x{args.size} scenes, ConvNeur/peer stages '
@@ -169,8 +191,9 @@ def summarize(args, jobs):
              'mean ± 95% CI over seeds (test scenes; validation in brackets).', '']
     for task in dict.fromkeys(j[0] for j in jobs):
         lines += [f'### {task} ({TASKS[task]}, {args.eval_scenes} scenes per split)', '',
-                  '| variant | seeds | test | val | write strength after training (per stage) |',
-                  '|---|---|---|---|---|']
+                  '| variant | seeds | test | val | write strength after training (per stage) '
+                  '| the reads\' response to the cross: at init → after training |',
+                  '|---|---|---|---|---|---|']
         results = {}
         for variant in dict.fromkeys(j[1] for j in jobs if j[0] == task):
             rs = [json.load(open(p)) for p in (find_result(args, (task, variant, s))
@@ -181,7 +204,8 @@ def summarize(args, jobs):
             ws = [list(r['write_strength_final'].values()) for r in rs if r['write_strength_final']]
             ws_cell = ' / '.join(f'{100 * float(np.mean(col)):.1f}%' for col in zip(*ws)) if ws else '-'
             lines.append(f'| {variant} | {len(rs)} | {fmt([r["test"]["accuracy"] for r in rs])} | '
-                         f'({fmt([r["val"]["accuracy"] for r in rs])}) | {ws_cell} |')
+                         f'({fmt([r["val"]["accuracy"] for r in rs])}) | {ws_cell} | '
+                         f'{response_cell(rs)} |')
         # every variant against the local-only model: does it carry scene context beyond the CI?
         reference = results.get('local', [])
         for other, rs in results.items():
@@ -241,15 +265,19 @@ def main():
 
     if args.sensitivity:
         print(f'At the initialisation of each seed\'s run, {args.size}x{args.size}, the cross erased '
-              f'from marker scenes: G = relative change of each memory\'s map at the items (4 '
-              f'validation scenes); head = |mean change| of the head input at the items / its '
-              f'spread over the items, and the change\'s consistency (6 scenes)')
+              f'from marker scenes: input = change of each memory\'s input against its spread, read '
+              f'and map = relative change at the items of its read before the output projection '
+              f'and of its G (4 validation scenes); head = |mean '
+              f'change| of the head input at the items / its spread over the items, and the '
+              f'change\'s consistency (6 scenes)')
         pool = load_pools(args.cache)['val']
         for variant in args.variants:
             for seed in args.seeds:
                 change, head = sensitivity(variant, seed, args, pool)
-                g = 'no memory' if change is None else ' / '.join(f'{100 * c:.2f}%' for c in change)
-                print(f'{variant} | seed {seed} | G {g} | head {head["ratio"]:.2e}, consistency '
+                g = 'no memory' if change is None else ' | '.join(
+                    f'{name} ' + ' / '.join(f'{100 * c:.2f}%' for c in change[name])
+                    for name in ('input', 'read', 'map'))
+                print(f'{variant} | seed {seed} | {g} | head {head["ratio"]:.2e}, consistency '
                       f'{head["consistency"]:.3f}', flush=True)
         return
 
