@@ -340,8 +340,8 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
     was_training = model.training
     model.eval()
     grabbed = {}
-    hooks = [m.register_forward_pre_hook(
-        lambda mod, i, k=k: grabbed.__setitem__(('input', k), i[0])) for k, m in enumerate(memories)]
+    hooks = [m.register_forward_pre_hook(lambda mod, i, k=k: grabbed.update({('input', k): i[0]}))
+             for k, m in enumerate(memories)]
     hooks += [m.proj.register_forward_hook(
         lambda mod, i, o, k=k: grabbed.update({('read', k): i[0], ('map', k): o}))
         for k, m in enumerate(memories)]

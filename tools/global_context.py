@@ -23,7 +23,8 @@ AdamW, linear warm-up and cosine decay, from scratch. Runs go to
 ``<work-dir>/<task>/<variant>/seed<k>.json``; a finished run is never repeated, so an interrupted
 table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
 Marker runs also record, at initialisation and every ``--log-every`` iterations, how much each
-memory's map and read respond to the cross (``track_curve``, ``convneur_mm.scenes.marker_response``).
+memory's input, read and map respond to the cross (``track_curve``,
+``convneur_mm.scenes.marker_response``).
 Each result is also kept in ``--archive`` (default ``docs/results/global_context`` in the
 repository), where a later run on another machine finds it and does not train it again.
 The scenes, probes and training loop are ``convneur_mm.scenes``; this tool picks models and runs.
@@ -72,8 +73,8 @@ VARIANTS = {
     # the paper's additive ablation: the read enters the residual stream as it is, where the gate
     # can only rescale the item's own local features
     'memory center fusion=add': dict(DENSE, center_keys=True, fusion='add'),
-    # G = 0 at initialisation (the output projections start at zero): before the bit is learned,
-    # a write that moves G can only act on the items as noise, which training then suppresses
+    # G = 0 at initialisation (the output projections start at zero): the write cannot disturb
+    # the items before the projections have learned what to read
     'memory zero': dict(DENSE, zero_init_memory=True),
     'memory center zero': dict(DENSE, center_keys=True, zero_init_memory=True),
     'convnextv2-atto': 'convnextv2-atto',
@@ -151,8 +152,8 @@ def train_one(task, variant, seed, args):
 
 
 def sensitivity(variant, seed, args, pool):
-    """At the initialisation of ``seed``'s run: the change of each memory's G and read at the
-    items when the cross is erased (``marker_response``), and what of it reaches the head
+    """At the initialisation of ``seed``'s run: the change of each memory's input, read and G
+    when the cross is erased (``marker_response``), and what of it reaches the head
     (``head_signal``)."""
     torch.manual_seed(seed)
     model = build(variant, args.stages)
@@ -264,12 +265,12 @@ def main():
     args.iters = max(1, round(args.iters * args.scale))
 
     if args.sensitivity:
-        print(f'At the initialisation of each seed\'s run, {args.size}x{args.size}, the cross erased '
-              f'from marker scenes: input = change of each memory\'s input against its spread, read '
-              f'and map = relative change at the items of its read before the output projection '
-              f'and of its G (4 validation scenes); head = |mean '
-              f'change| of the head input at the items / its spread over the items, and the '
-              f'change\'s consistency (6 scenes)')
+        print(f'At the initialisation of each seed\'s run, {args.size}x{args.size}, the cross '
+              f'erased from marker scenes: input = change of each memory\'s input against its '
+              f'spread, read and map = relative change at the items of its read before the '
+              f'output projection and of its G (4 validation scenes); head = |mean change| of '
+              f'the head input at the items / its spread over the items, and the change\'s '
+              f'consistency (6 scenes)')
         pool = load_pools(args.cache)['val']
         for variant in args.variants:
             for seed in args.seeds:
