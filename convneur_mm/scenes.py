@@ -325,13 +325,16 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
       mean (how much of what the stage sees is the cross);
     * ``read``: the relative change, at the items' positions, of the memory's read before its
       output projection;
-    * ``map``: the same for the global map G, the signal a marker-task gradient starts from.
+    * ``map``: the same for the global map G, the signal a marker-task gradient starts from;
+    * ``step`` and ``key``: at the cross's tokens against all tokens, the ratio of the mean
+      per-token step sigma(.) and of the mean (centred) key norm, the two factors with which a
+      token enters the write (1: a cross token writes like an average token).
 
     Together they tell where the cross is lost: an input that stops responding means the layers
     before the memory learned to erase the cross; a read that stops behind a responding input
-    means the write no longer carries it (keys, steps); a map that stops behind a responding
-    read means the projection ignores it. With ``zero_init_memory`` G is 0 at initialisation and
-    ``map`` is NaN there.
+    means the write no longer carries it (``step`` and ``key`` say through which factor); a map
+    that stops behind a responding read means the projection ignores it. With
+    ``zero_init_memory`` G is 0 at initialisation and ``map`` is NaN there.
     """
     from .models import NeuralMemory
     memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
@@ -345,12 +348,21 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
     hooks += [m.proj.register_forward_hook(
         lambda mod, i, o, k=k: grabbed.update({('read', k): i[0], ('map', k): o}))
         for k, m in enumerate(memories)]
-    change = {name: [[] for _ in memories] for name in ('input', 'read', 'map')}
+    hooks += [m.norm.register_forward_hook(lambda mod, i, o, k=k: grabbed.update({('tokens', k): o}))
+              for k, m in enumerate(memories)]
+    change = {name: [[] for _ in memories] for name in ('input', 'read', 'map', 'step', 'key')}
     try:
         for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
             grabbed.clear()
             model(to_input([image, erased]))
             for (name, k), t in grabbed.items():
+                if name == 'tokens':  # the memory's (B, N, C_m) tokens
+                    red = (image[..., 0] == 255) & (image[..., 1] == 0)
+                    side = math.isqrt(t.shape[1])
+                    cross = _item_mask(red, size, (side, side)).flatten()
+                    for factor, ratio in _write_factors(memories[k], t[0], cross).items():
+                        change[factor][k].append(ratio)
+                    continue
                 if name == 'input':  # (B, C, h, w)
                     a, b = t[0], t[1]
                     spread = (b - b.mean((1, 2), keepdim=True)).norm()
@@ -364,6 +376,18 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
             h.remove()
         model.train(was_training)
     return {name: [float(np.mean(c)) for c in per] for name, per in change.items()}
+
+
+def _write_factors(memory, tokens, cross):
+    """A memory's per-token step and key norm at the ``cross`` tokens against all of (N, C_m)
+    ``tokens``, as its forward computes them."""
+    N, nh, d = tokens.shape[0], memory.num_heads, memory.head_dim
+    k = F.normalize(F.silu(memory.qkv(tokens)).view(N, 3, nh, d)[:, 1], dim=-1)
+    if memory.center_keys:
+        k = k - k.mean(0)
+    step = torch.sigmoid(memory.gates(tokens)[:, :nh])
+    key = k.norm(dim=-1)
+    return {name: float(t[cross].mean() / t.mean()) for name, t in (('step', step), ('key', key))}
 
 
 @torch.no_grad()

@@ -171,8 +171,9 @@ def test_marker_response_separates_the_read_from_the_map():
     pool = _noise_pools()['val']
     torch.manual_seed(0)
     plain = scenes.marker_response(_tiny_probe(center_keys=True), pool, 128, 12, num_scenes=2)
-    assert set(plain) == {'input', 'map', 'read'}
+    assert set(plain) == {'input', 'map', 'read', 'step', 'key'}
     assert all(len(v) == 2 and all(c > 0 for c in v) for v in plain.values())
+    assert plain['step'] == pytest.approx([1, 1])  # the step gates start with zero weights
     torch.manual_seed(0)
     zero = _tiny_probe(center_keys=True, zero_init_memory=True)
     response = scenes.marker_response(zero, pool, 128, 12, num_scenes=2)
