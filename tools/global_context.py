@@ -277,8 +277,9 @@ def main():
             for seed in args.seeds:
                 change, head = sensitivity(variant, seed, args, pool)
                 g = 'no memory' if change is None else ' | '.join(
-                    f'{name} ' + ' / '.join(f'{100 * c:.2f}%' for c in change[name])
-                    for name in ('input', 'read', 'map', 'key'))
+                    [f'{name} ' + ' / '.join(f'{100 * c:.2f}%' for c in change[name])
+                     for name in ('input', 'read', 'map')]
+                    + ['key ' + ' / '.join(f'{c:.2f}x' for c in change['key'])])
                 print(f'{variant} | seed {seed} | {g} | head {head["ratio"]:.2e}, consistency '
                       f'{head["consistency"]:.3f}', flush=True)
         return
