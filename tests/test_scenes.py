@@ -248,3 +248,17 @@ def test_global_context_tool_runs_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert '1 already done, 0 to run' in again.stdout
     assert (tmp_path / 'w' / 'stages2-128' / 'results.md').read_text().count('| memory |') == 1
+
+
+def test_fixed_keys_variant_blocks_only_the_key_path():
+    gc = _load('global_context', 'tools/global_context.py')
+    torch.manual_seed(0)
+    probe = gc.build('memory center fixed-keys', 2)
+    probe(torch.randn(1, 3, 64, 64)).sum().backward()
+    for memory in (s.memory for s in probe.backbone.stages):
+        c = memory.qkv.out_features // 3
+        grad = memory.qkv.weight.grad
+        assert grad[c:2 * c].abs().sum() == 0 and memory.qkv.bias.grad[c:2 * c].abs().sum() == 0
+        assert grad[:c].abs().sum() > 0 and grad[2 * c:].abs().sum() > 0  # queries and values learn
+        assert memory.reduce.weight.grad is None and memory.norm.weight.grad is None
+        assert memory.gates.weight.grad is not None

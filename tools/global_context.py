@@ -77,6 +77,9 @@ VARIANTS = {
     # the items before the projections have learned what to read
     'memory zero': dict(DENSE, zero_init_memory=True),
     'memory center zero': dict(DENSE, center_keys=True, zero_init_memory=True),
+    # a causal check of how seeds lose the bit (docs/benchmarks.md): the keys cannot learn, so
+    # the memory cannot learn to map the cross onto the mean key (fix_keys below)
+    'memory center fixed-keys': dict(DENSE, center_keys=True, fixed_keys=True),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
@@ -103,8 +106,12 @@ def build(variant, stages):
         return OracleProbe(local.backbone, local.backbone.out_channels)
     if isinstance(spec, dict):
         from convneur_mm import ConvNeur
+        spec = dict(spec)
+        fixed_keys = spec.pop('fixed_keys', False)
         backbone = ConvNeur(out_indices=out, **spec)
         backbone.init_weights()
+        if fixed_keys:
+            fix_keys(backbone)
         channels = backbone.out_channels
     elif spec == 'convnextv2-atto':
         from mmpretrain.models import ConvNeXt
@@ -126,6 +133,22 @@ def build(variant, stages):
         backbone.init_weights()
         channels = [32, 64, 160, 256][:stages]
     return Probe(backbone, channels)
+
+
+def fix_keys(model):
+    """Keep every memory's keys the functions of its input they are at initialisation: its token
+    projection and norm (shared by queries, values and gates) are frozen, and the key rows of its
+    qkv projection get no gradient (AdamW's decoupled weight decay still shrinks them by about
+    lr x 0.05 per step, a scale the keys' normalisation removes)."""
+    from convneur_mm.models import NeuralMemory
+    for m in model.modules():
+        if isinstance(m, NeuralMemory):
+            m.reduce.requires_grad_(False)
+            m.norm.requires_grad_(False)
+            rows = slice(m.qkv.out_features // 3, 2 * m.qkv.out_features // 3)
+            for p in (m.qkv.weight, m.qkv.bias):
+                p.register_hook(lambda g, rows=rows: g.index_fill(0, torch.arange(
+                    rows.start, rows.stop, device=g.device), 0.0))
 
 
 # ----------------------------------------------------------------------------- runs
