@@ -326,15 +326,21 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
     * ``read``: the relative change, at the items' positions, of the memory's read before its
       output projection;
     * ``map``: the same for the global map G, the signal a marker-task gradient starts from;
-    * ``step`` and ``key``: at the cross's tokens against all tokens, the ratio of the mean
-      per-token step sigma(.) and of the mean (centred) key norm, the two factors with which a
-      token enters the write (1: a cross token writes like an average token).
+    * ``step``, ``key`` and ``error``: at the cross's tokens against all tokens, the ratio of
+      the mean per-token step sigma(.), of the mean (centred) key norm and of the mean error
+      ||f_W0(k) - v|| of the first write, the three factors with which a token enters the write
+      (1: a cross token writes like an average token);
+    * ``gain``: in the read f_W(q) = q + beta + gamma * LN(q W) of the initial memory, the mean
+      over all tokens of ||gamma * LN(q W)|| / ||q + beta||: how loud the memory term is against
+      the residual (about sqrt(d) at initialisation). Where it falls, every token reads back its
+      own query, whatever was written.
 
     Together they tell where the cross is lost: an input that stops responding means the layers
     before the memory learned to erase the cross; a read that stops behind a responding input
-    means the write no longer carries it (``step`` and ``key`` say through which factor); a map
-    that stops behind a responding read means the projection ignores it. With
-    ``zero_init_memory`` G is 0 at initialisation and ``map`` is NaN there.
+    means the write no longer carries it (``step``, ``key`` and ``error`` say through which
+    factor, ``gain`` whether the read still listens to the memory); a map that stops behind a
+    responding read means the projection ignores it. With ``zero_init_memory`` G is 0 at
+    initialisation and ``map`` is NaN there.
     """
     from .models import NeuralMemory
     memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
@@ -350,7 +356,8 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
         for k, m in enumerate(memories)]
     hooks += [m.norm.register_forward_hook(lambda mod, i, o, k=k: grabbed.update({('tokens', k): o}))
               for k, m in enumerate(memories)]
-    change = {name: [[] for _ in memories] for name in ('input', 'read', 'map', 'step', 'key')}
+    change = {name: [[] for _ in memories]
+              for name in ('input', 'read', 'map', 'step', 'key', 'error', 'gain')}
     try:
         for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
             grabbed.clear()
@@ -379,15 +386,24 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
 
 
 def _write_factors(memory, tokens, cross):
-    """A memory's per-token step and key norm at the ``cross`` tokens against all of (N, C_m)
-    ``tokens``, as its forward computes them."""
+    """A memory's per-token step, key norm and first-write error at the ``cross`` tokens against
+    all of (N, C_m) ``tokens``, and its read's gain, as its forward computes them."""
     N, nh, d = tokens.shape[0], memory.num_heads, memory.head_dim
-    k = F.normalize(F.silu(memory.qkv(tokens)).view(N, 3, nh, d)[:, 1], dim=-1)
+    q, k, v = F.silu(memory.qkv(tokens)).view(N, 3, nh, d).permute(1, 2, 0, 3)  # (nh, N, d) each
+    k = F.normalize(k, dim=-1)
     if memory.center_keys:
-        k = k - k.mean(0)
+        k = k - k.mean(1, keepdim=True)
     step = torch.sigmoid(memory.gates(tokens)[:, :nh])
     key = k.norm(dim=-1)
-    return {name: float(t[cross].mean() / t.mean()) for name, t in (('step', step), ('key', key))}
+    fast = memory.memory
+    weights, (gamma, beta) = fast.initial_state(1, k.dtype), fast.ln_params(1, k.dtype)
+    error = (fast(weights, k, (gamma, beta)) - v).norm(dim=-1)
+    out = {name: float(t[..., cross].mean() / t.mean())
+           for name, t in (('step', step.T), ('key', key), ('error', error))}
+    q = F.normalize(q, dim=-1)
+    out['gain'] = float(((gamma * fast.normalized(weights, q)[0]).norm(dim=-1)
+                         / (q + beta).norm(dim=-1)).mean())
+    return out
 
 
 @torch.no_grad()

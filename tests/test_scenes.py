@@ -1,6 +1,7 @@
 """Fashion-MNIST scenes: the prepared COCO/semantic set and the global-context tasks."""
 import importlib.util
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -171,9 +172,12 @@ def test_marker_response_separates_the_read_from_the_map():
     pool = _noise_pools()['val']
     torch.manual_seed(0)
     plain = scenes.marker_response(_tiny_probe(center_keys=True), pool, 128, 12, num_scenes=2)
-    assert set(plain) == {'input', 'map', 'read', 'step', 'key'}
+    assert set(plain) == {'input', 'map', 'read', 'step', 'key', 'error', 'gain'}
     assert all(len(v) == 2 and all(c > 0 for c in v) for v in plain.values())
     assert plain['step'] == pytest.approx([1, 1])  # the step gates start with zero weights
+    # gamma = 1, beta = 0: the memory term's norm is sqrt(d) (unit-RMS LN, a little less through
+    # its epsilon against the small initial qW), the unit query's 1
+    assert all(0.95 * math.sqrt(32) < g < math.sqrt(32) for g in plain['gain'])
     torch.manual_seed(0)
     zero = _tiny_probe(center_keys=True, zero_init_memory=True)
     response = scenes.marker_response(zero, pool, 128, 12, num_scenes=2)

@@ -291,8 +291,9 @@ def main():
         print(f'At the initialisation of each seed\'s run, {args.size}x{args.size}, the cross '
               f'erased from marker scenes: input = change of each memory\'s input against its '
               f'spread, read and map = relative change at the items of its read before the '
-              f'output projection and of its G, key = mean key norm at the cross against all '
-              f'tokens (4 validation scenes); head = |mean change| of '
+              f'output projection and of its G, key and error = mean key norm and first-write '
+              f'error at the cross against all tokens, gain = the read\'s memory term against '
+              f'its residual (4 validation scenes); head = |mean change| of '
               f'the head input at the items / its spread over the items, and the change\'s '
               f'consistency (6 scenes)')
         pool = load_pools(args.cache)['val']
@@ -302,7 +303,8 @@ def main():
                 g = 'no memory' if change is None else ' | '.join(
                     [f'{name} ' + ' / '.join(f'{100 * c:.2f}%' for c in change[name])
                      for name in ('input', 'read', 'map')]
-                    + ['key ' + ' / '.join(f'{c:.2f}x' for c in change['key'])])
+                    + [f'{name} ' + ' / '.join(f'{c:.2f}x' for c in change[name])
+                       for name in ('key', 'error', 'gain')])
                 print(f'{variant} | seed {seed} | {g} | head {head["ratio"]:.2e}, consistency '
                       f'{head["consistency"]:.3f}', flush=True)
         return
