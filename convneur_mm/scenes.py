@@ -329,7 +329,8 @@ def marker_response(model, pool, size, marker_side=MARKER, num_scenes=4):
     * ``step``, ``key`` and ``error``: at the cross's tokens against all tokens, the ratio of
       the mean per-token step sigma(.), of the mean (centred) key norm and of the mean error
       ||f_W0(k) - v|| of the first write, the three factors with which a token enters the write
-      (1: a cross token writes like an average token);
+      (1: a cross token writes like an average token; NaN where a stage is too coarse for its
+      tokens to sample the cross in every scene);
     * ``gain``: in the read f_W(q) = q + beta + gamma * LN(q W) of the initial memory, the mean
       over all tokens of ||gamma * LN(q W)|| / ||q + beta||: how loud the memory term is against
       the residual (about sqrt(d) at initialisation). Where it falls, every token reads back its
