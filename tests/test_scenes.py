@@ -266,3 +266,27 @@ def test_fixed_keys_variant_blocks_only_the_key_path():
         assert grad[:c].abs().sum() > 0 and grad[2 * c:].abs().sum() > 0  # queries and values learn
         assert memory.reduce.weight.grad is None and memory.norm.weight.grad is None
         assert memory.gates.weight.grad is not None
+
+
+def test_frozen_body_variant_trains_only_the_memories_and_layer_scales():
+    gc = _load('global_context', 'tools/global_context.py')
+    torch.manual_seed(0)
+    probe = gc.build('memory center frozen-body', 2)
+    probe(torch.randn(1, 3, 64, 64)).sum().backward()
+    backbone = probe.backbone
+    assert backbone.stem[0].weight.grad is None
+    for stage in backbone.stages:
+        for block in stage.blocks:
+            assert block.dwconv.weight.grad is None and block.pwconv2.weight.grad is None
+            assert block.gamma.grad is not None
+        assert stage.memory.qkv.weight.grad.abs().sum() > 0  # the memory learns
+    assert all(p.grad is not None for p in probe.lateral.parameters())  # and the head
+
+
+def test_probe_variants_build_what_their_names_say():
+    gc = _load('global_context', 'tools/global_context.py')
+    heads = gc.build('memory center heads=4', 2).backbone
+    assert [(s.memory.num_heads, s.memory.head_dim) for s in heads.stages] == [(4, 8)] * 2
+    add = gc.build('memory center global fusion=add', 2).backbone
+    assert add.stages[0].blocks[0].fusion == 'add' and add.stages[0].memory.global_query is not None
+    assert add.stages[0].memory.center_keys and add.stages[0].memory.chunk_size == 4096

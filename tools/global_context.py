@@ -42,13 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convneur_mm import archive
+from convneur_mm import ConvNeur, archive
 from convneur_mm.presets import CONVNEXTV2
 from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal, marker_response,
                                 split_pools, train_probe)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
+M1 = dict(ConvNeur.arch_zoo['m1'])
 DENSE = dict(arch='m1', chunk_size=4096, max_lr=1e-3)  # the paper's detection memory settings
 VARIANTS = {
     'memory': dict(DENSE),
@@ -73,6 +74,13 @@ VARIANTS = {
     # the paper's additive ablation: the read enters the residual stream as it is, where the gate
     # can only rescale the item's own local features
     'memory center fusion=add': dict(DENSE, center_keys=True, fusion='add'),
+    # the global query's read is the same at every item and enters the residual stream as it
+    # is: a scene-level fact reaches every item alike, whatever its query and local features
+    'memory center global fusion=add': dict(DENSE, center_keys=True, global_query=True,
+                                            fusion='add'),
+    # the same memory width in four heads of 8 instead of one of 32: four memories per stage,
+    # each with its own keys, so a seed has four chances for one of them to keep the cross
+    'memory center heads=4': dict(DENSE, center_keys=True, arch=dict(M1, head_dim=8)),
     # G = 0 at initialisation (the output projections start at zero): the write cannot disturb
     # the items before the projections have learned what to read
     'memory zero': dict(DENSE, zero_init_memory=True),
@@ -80,6 +88,9 @@ VARIANTS = {
     # a causal check of how seeds lose the bit (docs/benchmarks.md): the keys cannot learn, so
     # the memory cannot learn to map the cross onto the mean key (fix_keys below)
     'memory center fixed-keys': dict(DENSE, center_keys=True, fixed_keys=True),
+    # the other route: the layers before the memory keep their random initialisation, so they
+    # cannot make the cross's tokens like the rest (fix_body below)
+    'memory center frozen-body': dict(DENSE, center_keys=True, frozen_body=True),
     'convnextv2-atto': 'convnextv2-atto',
     'pvtv2-b0': 'pvtv2-b0',
     # a pretrained-style peer with a global branch after each probed stage (convneur_mm.MemoryGated)
@@ -105,13 +116,15 @@ def build(variant, stages):
         local = build('local', stages)
         return OracleProbe(local.backbone, local.backbone.out_channels)
     if isinstance(spec, dict):
-        from convneur_mm import ConvNeur
         spec = dict(spec)
         fixed_keys = spec.pop('fixed_keys', False)
+        frozen_body = spec.pop('frozen_body', False)
         backbone = ConvNeur(out_indices=out, **spec)
         backbone.init_weights()
         if fixed_keys:
             fix_keys(backbone)
+        if frozen_body:
+            fix_body(backbone)
         channels = backbone.out_channels
     elif spec == 'convnextv2-atto':
         from mmpretrain.models import ConvNeXt
@@ -149,6 +162,20 @@ def fix_keys(model):
             for p in (m.qkv.weight, m.qkv.bias):
                 p.register_hook(lambda g, rows=rows: g.index_fill(0, torch.arange(
                     rows.start, rows.stop, device=g.device), 0.0))
+
+
+def fix_body(model):
+    """Keep ConvNeur's local network at its random initialisation: the stem, the downsampling
+    layers and every block's local branch are frozen; the memories, the layer scales (through
+    which the gated branches reach the output) and the output norms learn, and so does the head."""
+    from convneur_mm.models import NeuralMemory
+    model.requires_grad_(False)
+    for name, m in model.named_modules():
+        if isinstance(m, NeuralMemory) or name.startswith('norm'):
+            m.requires_grad_(True)
+    for name, p in model.named_parameters():
+        if name.endswith('.gamma') and p.ndim == 1 and '.blocks.' in name:
+            p.requires_grad_(True)
 
 
 # ----------------------------------------------------------------------------- runs
