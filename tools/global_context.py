@@ -361,6 +361,11 @@ def main():
         def one(job):
             task, variant, seed = job
             path = result_path(args, *job)
+            if find_result(args, job):  # finished meanwhile by another invocation: keep its log
+                done[0] += 1
+                print(f'[{done[0]}/{len(pending)}] {task} | {variant} | seed {seed}: already done',
+                      flush=True)
+                return
             os.makedirs(osp.dirname(path), exist_ok=True)
             cmd = [sys.executable, osp.abspath(__file__), '--single', task, variant, str(seed)]
             for key in ('stages', 'size', 'marker', 'iters', 'batch', 'lr', 'eval_scenes', 'log_every',
