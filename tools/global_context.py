@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 from convneur_mm import ConvNeur, archive
+from convneur_mm.models import ConvNeurBlock, NeuralMemory
 from convneur_mm.presets import CONVNEXTV2
 from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal, marker_response,
                                 split_pools, train_probe)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-M1 = dict(ConvNeur.arch_zoo['m1'])
 DENSE = dict(arch='m1', chunk_size=4096, max_lr=1e-3)  # the paper's detection memory settings
 VARIANTS = {
     'memory': dict(DENSE),
@@ -80,7 +80,8 @@ VARIANTS = {
                                             fusion='add'),
     # the same memory width in four heads of 8 instead of one of 32: four memories per stage,
     # each with its own keys, so a seed has four chances for one of them to keep the cross
-    'memory center heads=4': dict(DENSE, center_keys=True, arch=dict(M1, head_dim=8)),
+    'memory center heads=4': dict(DENSE, center_keys=True,
+                                  arch=dict(ConvNeur.arch_zoo['m1'], head_dim=8)),
     # G = 0 at initialisation (the output projections start at zero): the write cannot disturb
     # the items before the projections have learned what to read
     'memory zero': dict(DENSE, zero_init_memory=True),
@@ -153,7 +154,6 @@ def fix_keys(model):
     projection and norm (shared by queries, values and gates) are frozen, and the key rows of its
     qkv projection get no gradient (AdamW's decoupled weight decay still shrinks them by about
     lr x 0.05 per step, a scale the keys' normalisation removes)."""
-    from convneur_mm.models import NeuralMemory
     for m in model.modules():
         if isinstance(m, NeuralMemory):
             m.reduce.requires_grad_(False)
@@ -168,14 +168,14 @@ def fix_body(model):
     """Keep ConvNeur's local network at its random initialisation: the stem, the downsampling
     layers and every block's local branch are frozen; the memories, the layer scales (through
     which the gated branches reach the output) and the output norms learn, and so does the head."""
-    from convneur_mm.models import NeuralMemory
     model.requires_grad_(False)
-    for name, m in model.named_modules():
-        if isinstance(m, NeuralMemory) or name.startswith('norm'):
+    for m in model.modules():
+        if isinstance(m, NeuralMemory):
             m.requires_grad_(True)
-    for name, p in model.named_parameters():
-        if name.endswith('.gamma') and p.ndim == 1 and '.blocks.' in name:
-            p.requires_grad_(True)
+        elif isinstance(m, ConvNeurBlock) and m.gamma is not None:
+            m.gamma.requires_grad_(True)
+    for i in model.out_indices:
+        getattr(model, f'norm{i}').requires_grad_(True)
 
 
 # ----------------------------------------------------------------------------- runs
