@@ -38,6 +38,7 @@ SCENE_MAX_OVERLAP = 0.2      # of the smaller box, between any two items
 TASKS = {'marker': 'scene accuracy', 'odd': 'odd-item accuracy'}
 ITEM_SCALE = 2
 MARKER = 12  # the marker's side in pixels
+IGNORE = 255  # the label the probes' training loss skips (``marker_label=IGNORE``)
 
 
 class Pool:
@@ -106,12 +107,14 @@ def _place(rng, size, sides, gap=4, tries=500):
     return placed
 
 
-def compose_task_scene(rng, pool, task, size=512, num_items=8, marker_side=MARKER):
+def compose_task_scene(rng, pool, task, size=512, num_items=8, marker_side=MARKER,
+                       marker_label=0):
     """One global-context scene: (image (S, S, 3) uint8, labels (S, S) uint8, instances (S, S)
     int16, info). Labels are 0 (background), 1 or 2:
 
     * ``marker``: half the scenes hold a red cross of side ``marker_side``; every item pixel is 1
-      if the scene holds it, else 2.
+      if the scene holds it, else 2. The cross's own pixels get ``marker_label``: 0, background,
+      or ``IGNORE``, which the training loss skips.
     * ``odd``: all items but one share a class; the odd item is 1, the others 2.
     """
     if task not in TASKS:
@@ -134,6 +137,7 @@ def compose_task_scene(rng, pool, task, size=512, num_items=8, marker_side=MARKE
         cross = np.zeros((m, m), bool)
         cross[(m - arm) // 2:(m + arm) // 2] = cross[:, (m - arm) // 2:(m + arm) // 2] = True
         image[y:y + m, x:x + m][cross] = (255, 0, 0)
+        labels[y:y + m, x:x + m][cross] = marker_label
     # where fewer items found a place, the odd photograph still goes to the last one placed
     index = index[:len(boxes) - 1] + index[-1:] if task == 'odd' else index[:len(boxes)]
     odd = len(boxes) - 1 if task == 'odd' else -1
@@ -152,10 +156,10 @@ def to_input(images):
     return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() - 64.0) / 96.0
 
 
-def task_batch(rng, pool, task, n, size, marker_side=MARKER):
+def task_batch(rng, pool, task, n, size, marker_side=MARKER, marker_label=0):
     """n scenes: the (n, 3, S, S) input, stride-4 labels and instances, and the infos."""
-    scenes = [compose_task_scene(rng, pool, task, size, marker_side=marker_side)
-              for _ in range(n)]
+    scenes = [compose_task_scene(rng, pool, task, size, marker_side=marker_side,
+                                 marker_label=marker_label) for _ in range(n)]
     # labels sampled at the centre of every 4 x 4 cell, where the head predicts
     labels = torch.from_numpy(np.stack([s[1][2::4, 2::4] for s in scenes])).long()
     instances = torch.from_numpy(np.stack([s[2][2::4, 2::4] for s in scenes])).long()
@@ -240,11 +244,15 @@ def _write_strength(model, x):
 
 
 def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=MARKER,
-                eval_scenes=256, eval_every=200, log_every=50, track=None, tag=''):
+                marker_label=0, eval_scenes=256, eval_every=200, log_every=50, track=None,
+                tag=''):
     """Train ``model`` on ``task`` scenes drawn by ``rng`` from ``pools['train']`` with AdamW
     (weight decay 0.05 on weight matrices), a linear warm-up over a tenth of the run, cosine
     decay and a gradient clip at norm 5. Prints progress; returns the loss and validation curves,
     the final validation and test accuracies and the memories' write strength before and after.
+
+    ``marker_label`` labels the cross's pixels in the training scenes (``compose_task_scene``);
+    evaluation scores item pixels only, so it does not depend on it.
 
     ``track(model)``, if given, is called at initialisation and at every log step; its results
     are returned as ``track_curve`` [(iteration, result)]. It must leave the model's mode and
@@ -264,8 +272,9 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
     curve, val_curve, t0 = [], [], time.perf_counter()
     running = None
     for it in range(iters):
-        x, labels, _, _ = task_batch(rng, pools['train'], task, batch, size, marker_side)
-        loss = F.cross_entropy(model(x), labels)
+        x, labels, _, _ = task_batch(rng, pools['train'], task, batch, size, marker_side,
+                                     marker_label)
+        loss = F.cross_entropy(model(x), labels, ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -414,16 +423,22 @@ def head_signal(probe, pool, size, marker_side=MARKER, num_scenes=6):
     With d_i the change of item position i's head input when the cross is erased (over
     ``num_scenes`` marker scenes), returns ``ratio``: |mean d| / |std of the head inputs over
     the items|, the consistent part of the signal against the spread a linear head must read it
-    through, and ``consistency``: |mean d| / mean |d| (1: every item moves the same way).
+    through, ``consistency``: |mean d| / mean |d| (1: every item moves the same way), and
+    ``toward``: the share of item positions whose 1-vs-2 logit margin the cross raises, the
+    direction of the right answer (0.5: no preferred sign).
     """
     probe.eval()
-    deltas, feats = [], []
+    deltas, feats, toward = [], [], []
     for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
-        h = probe.hidden(to_input([image, erased]))
+        x = to_input([image, erased])
+        h, logits = probe.hidden(x), probe(x)
         item = _item_mask(labels, size, h.shape[-2:])
         deltas.append((h[0] - h[1])[:, item].T)
         feats.append(h[1][:, item].T)
+        margin = logits[:, 1] - logits[:, 2]
+        toward.append((margin[0] - margin[1])[item] > 0)
     d, f = torch.cat(deltas), torch.cat(feats)
     mean = d.mean(0).norm()
     return dict(ratio=float(mean / f.std(0).norm()),
-                consistency=float(mean / d.norm(dim=1).mean().clamp_min(1e-30)))
+                consistency=float(mean / d.norm(dim=1).mean().clamp_min(1e-30)),
+                toward=float(torch.cat(toward).float().mean()))

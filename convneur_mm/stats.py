@@ -1,4 +1,5 @@
-"""Mean and 95% confidence interval over seeds, for the comparison tools."""
+"""Mean and 95% confidence interval over seeds, and an exact test of success counts, for the
+comparison tools."""
 import math
 import statistics
 
@@ -36,3 +37,17 @@ def separated(a, b):
 def fmt(values, digits=3):
     mean, half = mean_ci(values)
     return f'{mean:.{digits}f}' if math.isnan(half) else f'{mean:.{digits}f} ± {half:.{digits}f}'
+
+
+def fisher_greater(k1, n1, k2, n2):
+    """One-sided Fisher exact p-value that group 1's success rate (k1 of n1) exceeds group 2's
+    (k2 of n2): the chance, with the margins fixed and no difference, of k1 or more of the
+    k1 + k2 successes falling in group 1. For all-or-nothing outcomes (a seed learns a task or
+    it does not), where a t interval over 0/1 values says little."""
+    if not (0 <= k1 <= n1 and 0 <= k2 <= n2 and n1 + n2 > 0):
+        raise ValueError(f'fisher_greater needs 0 <= k <= n in both groups, got {k1} of {n1} '
+                         f'and {k2} of {n2}')
+    k = k1 + k2
+    total = math.comb(n1 + n2, k)
+    return sum(math.comb(n1, i) * math.comb(n2, k - i)
+               for i in range(k1, min(n1, k) + 1)) / total

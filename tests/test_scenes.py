@@ -101,6 +101,20 @@ def test_global_context_scenes_encode_the_rule():
         scenes.compose_task_scene(rng, pool, 'count', 256, 4)
 
 
+def test_marker_label_marks_exactly_the_cross():
+    images = (np.random.default_rng(1).random((50, 28, 28)) * 255).astype(np.uint8)
+    pool = scenes.Pool(images, np.arange(50) % 10)
+    for seed in range(6):
+        plain = scenes.compose_task_scene(np.random.default_rng(seed), pool, 'marker', 256, 4,
+                                          marker_side=24)
+        ignored = scenes.compose_task_scene(np.random.default_rng(seed), pool, 'marker', 256, 4,
+                                            marker_side=24, marker_label=scenes.IGNORE)
+        red = (plain[0][..., 0] == 255) & (plain[0][..., 1] == 0)
+        assert (ignored[0] == plain[0]).all() and red.any() == plain[3]['marker']
+        assert ((ignored[1] == scenes.IGNORE) == red).all()
+        assert (ignored[1][~red] == plain[1][~red]).all() and (plain[1][red] == 0).all()
+
+
 def test_global_context_marker_size_and_oracle():
     gc = _load('global_context', 'tools/global_context.py')
     images = (np.random.default_rng(1).random((200, 28, 28)) * 255).astype(np.uint8)
@@ -151,8 +165,10 @@ def test_global_context_sensitivity_mode():
     assert by['local', 'seed 0'][2] == 'no memory'
     assert by['convnextv2-atto memory-gate center global', 'seed 0'][2].count('%') == 2
     for r in rows:
-        ratio, consistency = r[-1].removeprefix('head ').split(', consistency ')
+        ratio, rest = r[-1].removeprefix('head ').split(', consistency ')
+        consistency, toward = rest.split(', toward ')
         assert float(ratio) >= 0 and 0 <= float(consistency) <= 1 + 1e-6
+        assert 0 <= float(toward) <= 1
 
 
 def _tiny_probe(**kwargs):
@@ -223,11 +239,17 @@ def test_head_signal_sees_a_consistent_shift():
             h[:, 0] += self.shift * bit.float().view(-1, 1, 1)
             return h
 
+        def forward(self, x):  # the 1-vs-2 margin is channel 0 of the head input
+            h = self.hidden(x)
+            return torch.stack([torch.zeros_like(h[:, 0]), h[:, 0], torch.zeros_like(h[:, 0])], 1)
+
     rng = np.random.default_rng(0)
     pool = scenes.Pool(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10)
     one, two = (scenes.head_signal(Shifted(s), pool, 128, marker_side=12, num_scenes=2)
                 for s in (1.0, 2.0))
     assert one['consistency'] == pytest.approx(1.0) == two['consistency']
+    assert one['toward'] == 1.0 and scenes.head_signal(
+        Shifted(-1.0), pool, 128, marker_side=12, num_scenes=2)['toward'] == 0.0
     # the same spread (the scenes without the cross), twice the shift: twice the ratio
     assert one['ratio'] > 0 and two['ratio'] == pytest.approx(2 * one['ratio'])
 
@@ -290,3 +312,45 @@ def test_probe_variants_build_what_their_names_say():
     add = gc.build('memory center global fusion=add', 2).backbone
     assert add.stages[0].blocks[0].fusion == 'add' and add.stages[0].memory.global_query is not None
     assert add.stages[0].memory.center_keys and add.stages[0].memory.chunk_size == 4096
+
+
+def test_fisher_exact_test_of_learned_seeds():
+    from convneur_mm.stats import fisher_greater
+    # 4 of 8 against 0 of 8: C(8,4) / C(16,4) of the ways to place 4 successes in 16 runs
+    assert math.isclose(fisher_greater(4, 8, 0, 8), math.comb(8, 4) / math.comb(16, 4))
+    assert math.isclose(fisher_greater(3, 3, 0, 3), 1 / 20)
+    assert fisher_greater(0, 4, 0, 4) == 1.0 and fisher_greater(0, 4, 4, 4) == 1.0
+    with pytest.raises(ValueError, match='0 <= k <= n'):
+        fisher_greater(5, 4, 0, 4)
+
+
+def test_global_context_summary_counts_learned_seeds(tmp_path):
+    gc = _load('global_context', 'tools/global_context.py')
+    args = gc.argparse.Namespace(size=128, stages=2, iters=2, batch=2, marker=scenes.MARKER,
+                                 marker_label='background', work_dir=str(tmp_path), archive='',
+                                 eval_scenes=4, seeds=[0, 1, 2])
+    accuracy = {'memory': [1.0, 0.5, 1.0], 'local': [0.5, 0.5, 0.5]}
+    for variant, accs in accuracy.items():
+        for seed, acc in enumerate(accs):
+            path = Path(gc.result_path(args, 'marker', variant, seed))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(dict(test=dict(accuracy=acc), val=dict(accuracy=acc),
+                                            write_strength_final={}, track_curve=[])))
+    text = gc.summarize(args, [('marker', v, s) for v in accuracy for s in range(3)])
+    assert '| memory | 3 | 0.833 ± 0.717 | (0.833 ± 0.717) | 2 of 3 |' in text
+    assert ('learned in 2 of 3 seeds against 0 of 3, one-sided Fisher exact p = 0.200'
+            in text)
+
+
+def test_global_context_ignored_cross_runs_apart(tmp_path):
+    """A run whose cross is ignored by the loss trains with that label and lands in its own
+    table, so it never counts as a run of the default task."""
+    cmd = [sys.executable, str(REPO / 'tools/global_context.py'), '--tasks', 'marker',
+           '--variants', 'local', '--seeds', '0', '--iters', '1', '--size', '128',
+           '--eval-scenes', '2', '--batch', '2', '--jobs', '1', '--marker-label', 'ignore',
+           '--work-dir', str(tmp_path / 'w'), '--archive', '']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert [p.relative_to(tmp_path / 'w').as_posix() for p in tmp_path.glob('w/**/seed0.json')] \
+        == ['stages2-128-ignore/marker/local/seed0.json']
+    assert "the cross's pixels ignored by the training loss" in out.stdout

@@ -14,7 +14,9 @@ labelled 0 (background), 1 or 2:
 * ``marker``: half the scenes hold a red cross (``--marker`` px, default 12) somewhere. Every
   item pixel is 1 if its scene holds the cross, else 2, so labelling any item needs the whole
   scene: the cross is usually farther from it than a local receptive field reaches. Metric:
-  scene accuracy (the majority of a scene's item pixels decides; chance 0.5).
+  scene accuracy (the majority of a scene's item pixels decides; chance 0.5). The cross's own
+  pixels are background; ``--marker-label ignore`` leaves them out of the training loss (a
+  diagnostic: does labelling the cross push the network to stop writing it?).
 * ``odd``: all items but one share a class. The odd item is 1, the others 2. Metric: odd-item
   accuracy (the item with the largest mean 1-vs-2 margin is taken as the odd one; chance 1/K).
 
@@ -45,11 +47,12 @@ import torch
 from convneur_mm import ConvNeur, archive
 from convneur_mm.models import ConvNeurBlock, NeuralMemory
 from convneur_mm.presets import CONVNEXTV2
-from convneur_mm.scenes import (MARKER, TASKS, OracleProbe, Probe, head_signal, marker_response,
-                                split_pools, train_probe)
+from convneur_mm.scenes import (IGNORE, MARKER, TASKS, OracleProbe, Probe, head_signal,
+                                marker_response, split_pools, train_probe)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
+LEARNED = 0.9  # a run whose test accuracy reaches this has learned its task (chance: 0.5, 1/K)
 DENSE = dict(arch='m1', chunk_size=4096, max_lr=1e-3)  # the paper's detection memory settings
 VARIANTS = {
     'memory': dict(DENSE),
@@ -194,6 +197,7 @@ def train_one(task, variant, seed, args):
         if task == 'marker' else None
     result = train_probe(model, pools, task, rng, iters=args.iters, batch=args.batch,
                          size=args.size, lr=args.lr, marker_side=args.marker,
+                         marker_label=IGNORE if args.marker_label == 'ignore' else 0,
                          eval_scenes=args.eval_scenes, eval_every=args.eval_every,
                          log_every=args.log_every, track=track,
                          tag=f'{task} | {variant} | seed {seed}')
@@ -214,6 +218,8 @@ def sensitivity(variant, seed, args, pool):
 # ----------------------------------------------------------------------------- driver
 def result_path(args, task, variant, seed):
     marker = '' if args.marker == MARKER else f'-marker{args.marker}'
+    if args.marker_label == 'ignore':
+        marker += '-ignore'
     return osp.join(args.work_dir, f'stages{args.stages}-{args.size}{marker}', task,
                     variant.replace(' ', '_').replace('=', '-'), f'seed{seed}.json')
 
@@ -222,6 +228,11 @@ def find_result(args, job):
     """The file holding a finished run's result (its work dir's, else the archive's), or None."""
     path = result_path(args, *job)
     return archive.find(path, archive.archive_path(path, args.work_dir, args.archive))
+
+
+def learned(results):
+    """How many runs learned their task: test accuracy at least ``LEARNED``."""
+    return sum(r['test']['accuracy'] >= LEARNED for r in results)
 
 
 def response_cell(results):
@@ -236,15 +247,18 @@ def response_cell(results):
 
 
 def summarize(args, jobs):
-    from convneur_mm.stats import fmt, separated
+    from convneur_mm.stats import fisher_greater, fmt, separated
     lines = [f'Global-context tasks: {args.size}x{args.size} scenes, ConvNeur/peer stages '
-             f'1-{args.stages}, {args.iters} iterations of batch {args.batch}; '
+             f'1-{args.stages}, {args.iters} iterations of batch {args.batch}'
+             + ('; the cross\'s pixels ignored by the training loss' * (
+                 args.marker_label == 'ignore')) + '; '
              'mean ± 95% CI over seeds (test scenes; validation in brackets).', '']
     for task in dict.fromkeys(j[0] for j in jobs):
         lines += [f'### {task} ({TASKS[task]}, {args.eval_scenes} scenes per split)', '',
-                  '| variant | seeds | test | val | write strength after training (per stage) '
+                  f'| variant | seeds | test | val | learned (test ≥ {LEARNED}) '
+                  '| write strength after training (per stage) '
                   '| the reads\' response to the cross: at init → after training |',
-                  '|---|---|---|---|---|---|']
+                  '|---|---|---|---|---|---|---|']
         results = {}
         for variant in dict.fromkeys(j[1] for j in jobs if j[0] == task):
             rs = [json.load(open(p)) for p in (find_result(args, (task, variant, s))
@@ -255,7 +269,8 @@ def summarize(args, jobs):
             ws = [list(r['write_strength_final'].values()) for r in rs if r['write_strength_final']]
             ws_cell = ' / '.join(f'{100 * float(np.mean(col)):.1f}%' for col in zip(*ws)) if ws else '-'
             lines.append(f'| {variant} | {len(rs)} | {fmt([r["test"]["accuracy"] for r in rs])} | '
-                         f'({fmt([r["val"]["accuracy"] for r in rs])}) | {ws_cell} | '
+                         f'({fmt([r["val"]["accuracy"] for r in rs])}) | '
+                         f'{learned(rs)} of {len(rs)} | {ws_cell} | '
                          f'{response_cell(rs)} |')
         # every variant against the local-only model: does it carry scene context beyond the CI?
         reference = results.get('local', [])
@@ -265,7 +280,12 @@ def summarize(args, jobs):
             side = separated([r['test']['accuracy'] for r in rs],
                              [r['test']['accuracy'] for r in reference])
             verdict = {'a': f'{other} higher', 'b': 'local higher', None: 'not separated'}[side]
-            lines.append(f'\n{other} vs local: {verdict}')
+            # a seed learns the task or it does not: the counts' exact test says more than a t
+            # interval over all-or-nothing accuracies
+            p = fisher_greater(learned(rs), len(rs), learned(reference), len(reference))
+            lines.append(f'\n{other} vs local: {verdict} (95% CIs); learned in '
+                         f'{learned(rs)} of {len(rs)} seeds against {learned(reference)} of '
+                         f'{len(reference)}, one-sided Fisher exact p = {p:.3f}')
         lines.append('')
     return '\n'.join(lines)
 
@@ -281,6 +301,9 @@ def main():
     parser.add_argument('--size', type=int, default=384, help='canvas side (default 384)')
     parser.add_argument('--marker', type=int, default=MARKER,
                         help=f'side of the marker task\'s cross in pixels (default {MARKER})')
+    parser.add_argument('--marker-label', choices=('background', 'ignore'), default='background',
+                        help='the training label of the cross\'s own pixels: background (the '
+                             'default) or ignored by the loss; evaluation scores items only')
     parser.add_argument('--iters', type=int, default=800)
     parser.add_argument('--scale', type=float, default=1.0, help='multiplies --iters')
     parser.add_argument('--batch', type=int, default=8)
@@ -321,8 +344,9 @@ def main():
               f'output projection and of its G, key and error = mean key norm and first-write '
               f'error at the cross against all tokens, gain = the read\'s memory term against '
               f'its residual (4 validation scenes); head = |mean change| of '
-              f'the head input at the items / its spread over the items, and the change\'s '
-              f'consistency (6 scenes)')
+              f'the head input at the items / its spread over the items, the change\'s '
+              f'consistency, and the share of items whose 1-vs-2 margin the cross raises '
+              f'(6 scenes)')
         pool = load_pools(args.cache)['val']
         for variant in args.variants:
             for seed in args.seeds:
@@ -333,7 +357,7 @@ def main():
                     + [f'{name} ' + ' / '.join(f'{c:.2f}x' for c in change[name])
                        for name in ('key', 'error', 'gain')])
                 print(f'{variant} | seed {seed} | {g} | head {head["ratio"]:.2e}, consistency '
-                      f'{head["consistency"]:.3f}', flush=True)
+                      f'{head["consistency"]:.3f}, toward {head["toward"]:.2f}', flush=True)
         return
 
     if args.single:
@@ -368,8 +392,8 @@ def main():
                 return
             os.makedirs(osp.dirname(path), exist_ok=True)
             cmd = [sys.executable, osp.abspath(__file__), '--single', task, variant, str(seed)]
-            for key in ('stages', 'size', 'marker', 'iters', 'batch', 'lr', 'eval_scenes', 'log_every',
-                        'eval_every', 'work_dir', 'cache'):
+            for key in ('stages', 'size', 'marker', 'marker_label', 'iters', 'batch', 'lr',
+                        'eval_scenes', 'log_every', 'eval_every', 'work_dir', 'cache'):
                 cmd += [f'--{key.replace("_", "-")}', str(getattr(args, key))]
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
             with open(path.replace('.json', '.log'), 'w') as log:
