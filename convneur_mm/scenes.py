@@ -119,6 +119,9 @@ def compose_task_scene(rng, pool, task, size=512, num_items=8, marker_side=MARKE
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {list(TASKS)}, got {task!r}')
+    if marker_label not in (0, IGNORE):
+        raise ValueError(f'marker_label must be 0 (background) or IGNORE ({IGNORE}), '
+                         f'got {marker_label!r}')
     side = 28 * ITEM_SCALE
     if task == 'odd':  # the last photograph is the odd one
         common, odd_class = rng.choice(10, 2, replace=False)
@@ -178,7 +181,11 @@ class Probe(nn.Module):
         self.cls = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
-        return self.cls(F.gelu(self.hidden(x)))
+        return self.logits(self.hidden(x), x)
+
+    def logits(self, hidden, x):
+        """The class logits from the head input ``hidden`` (``x``: the input, unused here)."""
+        return self.cls(F.gelu(hidden))
 
     def hidden(self, x):
         feats = self.backbone(x)
@@ -196,10 +203,9 @@ class OracleProbe(Probe):
         super().__init__(backbone, channels, width, num_classes)
         self.oracle = nn.Conv2d(1, width, 1)
 
-    def forward(self, x):
-        y = self.hidden(x)
-        bit = (x[:, 0] - x[:, 1]).amax((1, 2)).view(-1, 1, 1, 1).expand(-1, 1, *y.shape[-2:])
-        return self.cls(F.gelu(y + self.oracle(bit)))
+    def logits(self, hidden, x):
+        bit = (x[:, 0] - x[:, 1]).amax((1, 2)).view(-1, 1, 1, 1).expand(-1, 1, *hidden.shape[-2:])
+        return self.cls(F.gelu(hidden + self.oracle(bit)))
 
 
 @torch.no_grad()
@@ -431,7 +437,8 @@ def head_signal(probe, pool, size, marker_side=MARKER, num_scenes=6):
     deltas, feats, toward = [], [], []
     for image, erased, labels in _marker_pairs(pool, size, marker_side, num_scenes):
         x = to_input([image, erased])
-        h, logits = probe.hidden(x), probe(x)
+        h = probe.hidden(x)
+        logits = probe.logits(h, x)
         item = _item_mask(labels, size, h.shape[-2:])
         deltas.append((h[0] - h[1])[:, item].T)
         feats.append(h[1][:, item].T)

@@ -113,6 +113,9 @@ def test_marker_label_marks_exactly_the_cross():
         assert (ignored[0] == plain[0]).all() and red.any() == plain[3]['marker']
         assert ((ignored[1] == scenes.IGNORE) == red).all()
         assert (ignored[1][~red] == plain[1][~red]).all() and (plain[1][red] == 0).all()
+    with pytest.raises(ValueError, match='marker_label must be 0 .* or IGNORE'):
+        scenes.compose_task_scene(np.random.default_rng(0), pool, 'marker', 256, 4,
+                                  marker_label=1)
 
 
 def test_global_context_marker_size_and_oracle():
@@ -239,8 +242,7 @@ def test_head_signal_sees_a_consistent_shift():
             h[:, 0] += self.shift * bit.float().view(-1, 1, 1)
             return h
 
-        def forward(self, x):  # the 1-vs-2 margin is channel 0 of the head input
-            h = self.hidden(x)
+        def logits(self, h, x):  # the 1-vs-2 margin is channel 0 of the head input
             return torch.stack([torch.zeros_like(h[:, 0]), h[:, 0], torch.zeros_like(h[:, 0])], 1)
 
     rng = np.random.default_rng(0)

@@ -249,10 +249,10 @@ def response_cell(results):
 def summarize(args, jobs):
     from convneur_mm.stats import fisher_greater, fmt, separated
     lines = [f'Global-context tasks: {args.size}x{args.size} scenes, ConvNeur/peer stages '
-             f'1-{args.stages}, {args.iters} iterations of batch {args.batch}'
-             + ('; the cross\'s pixels ignored by the training loss' * (
-                 args.marker_label == 'ignore')) + '; '
-             'mean ± 95% CI over seeds (test scenes; validation in brackets).', '']
+             f'1-{args.stages}, {args.iters} iterations of batch {args.batch}; '
+             + ('the cross\'s pixels ignored by the training loss; '
+                if args.marker_label == 'ignore' else '')
+             + 'mean ± 95% CI over seeds (test scenes; validation in brackets).', '']
     for task in dict.fromkeys(j[0] for j in jobs):
         lines += [f'### {task} ({TASKS[task]}, {args.eval_scenes} scenes per split)', '',
                   f'| variant | seeds | test | val | learned (test ≥ {LEARNED}) '
