@@ -334,11 +334,32 @@ def test_bf16_autocast_forward_is_finite_and_close():
         assert rel < 0.05, rel
 
 
+def test_cuda_benchmark_layout_and_half_weights_on_cpu():
+    """What tools/benchmark.py does on a GPU (channels_last model and input, half precision),
+    on the CPU: the same outputs, and the memory's state still computed in fp32."""
+    model = build('m1', layer_scale_init_value=1.0, chunk_size=64).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)
+        model.to(memory_format=torch.channels_last)
+        last = model(x.to(memory_format=torch.channels_last))
+        for a, b in zip(ref, last):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        seen = []
+        orig = model.stages[0].memory.memory.normalized
+        model.stages[0].memory.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+        half = model.half()(x.half().to(memory_format=torch.channels_last))
+    assert seen and set(seen) == {torch.float32}
+    for a, b in zip(ref, half):
+        assert b.dtype == torch.float16 and torch.isfinite(b).all()
+        assert (a - b.float()).norm() / a.norm() < 0.05
+
+
 def test_memory_state_stays_fp32_under_autocast():
     mem = NeuralMemory(16, 32, head_dim=16, chunk_size=8)
     seen = []
-    orig = mem.memory.chunk_grads
-    mem.memory.chunk_grads = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+    orig = mem.memory.normalized
+    mem.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         mem(torch.randn(1, 16, 6, 6))
     assert seen and set(seen) == {torch.float32}

@@ -23,8 +23,10 @@ def _model(**kwargs):
 @pytest.mark.slow
 @pytest.mark.parametrize('classifier, options', [
     (False, []), (True, []),
-    # one group of 48 chunks in stage 1: the closed-form recurrence over more than one run
-    (False, ['--options', 'chunk_size=16', 'chunks_per_group=None', 'read_mode=prev']),
+    # one group of 48 chunks in stage 1: the closed-form recurrence over more than one run, with
+    # every state read ('prev') and with only the end state's weights (the default 'final')
+    (False, ['--options', 'chunk_size=16', 'read_mode=prev']),
+    (False, ['--options', 'chunk_size=16']),
     (False, ['--options', 'center_keys=True', 'global_query=True'])])
 def test_onnx_export_matches_pytorch(tmp_path, classifier, options):
     out = tmp_path / 'model.onnx'

@@ -155,6 +155,50 @@ def test_momentum_forgetting_closed_form_over_many_runs():
     torch.testing.assert_close(S, S_ref, rtol=1e-10, atol=1e-10)
 
 
+def test_group_end_weights_over_many_runs():
+    """The end state's weights of W_0, S_0 and every update against the plain recurrence, past
+    several runs of chunks and with gates near 0 and 1."""
+    from convneur_mm.models.neural_memory import _RUN, group_end_weights
+    torch.manual_seed(0)
+    G, P = 3, 2 * _RUN + 5
+    logit_eta = torch.randn(G, P, dtype=torch.float64) * 4
+    logit_keep = torch.randn(G, P, dtype=torch.float64) * 4
+    logit_eta[0] = -40  # eta ~ 4e-18
+    logit_keep[1] = 40  # keep ~ 1 - 4e-18
+    a, c, e = group_end_weights(F.logsigmoid(logit_eta), F.logsigmoid(logit_keep))
+    # the recurrence run on basis vectors: u_0 = S_0, u_1..u_P, and W_0 as the last one
+    W = torch.zeros(G, P + 2, dtype=torch.float64)
+    S = torch.zeros(G, P + 2, dtype=torch.float64)
+    W[:, -1], S[:, 0] = 1, 1
+    for t in range(P):
+        S = torch.sigmoid(logit_eta[:, t:t + 1]) * S
+        S[:, t + 1] += 1
+        W = torch.sigmoid(logit_keep[:, t:t + 1]) * W + S
+    torch.testing.assert_close(c, W[:, :-1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a, W[:, -1:], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(e, S[:, :-1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('memory_type', ['linear', 'mlp'])
+@pytest.mark.parametrize('chunks_per_group', [40, None])
+def test_long_groups_match_autograd_reference(memory_type, chunks_per_group):
+    """70 chunks: groups that span several runs of the closed form, and (40) two groups."""
+    torch.manual_seed(0)
+    B, C, d, nh, L, N = 1, 8, 4, 2, 3, 209
+    mem = NeuralMemory(C, nh * d, head_dim=d, chunk_size=L, max_lr=0.5, memory_type=memory_type,
+                       chunks_per_group=chunks_per_group).double()
+    with torch.no_grad():
+        mem.gates.weight.normal_(0, 0.5)
+    q, k = (F.normalize(torch.randn(B * nh, N, d, dtype=torch.float64), dim=-1) for _ in range(2))
+    v = torch.randn(B * nh, N, d, dtype=torch.float64)
+    logits = torch.randn(B, N, 3 * nh, dtype=torch.float64, requires_grad=True)
+    y = mem._scan(q, k, v, logits, B)
+    y_ref = reference_scan(mem, q, k, v, logits, B)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    g, g_ref = (torch.autograd.grad(out.square().sum(), logits)[0] for out in (y, y_ref))
+    torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize('read_mode', ['prev', 'final'])
 def test_single_chunk_is_the_same_under_every_grouping(read_mode):
     torch.manual_seed(0)
@@ -231,3 +275,28 @@ def test_global_query_adds_one_read_to_every_position():
 def test_bool_switches_refuse_other_values(name, bad):
     with pytest.raises(ValueError, match=f'{name} must be True or False, got {bad!r}'):
         NeuralMemory(16, 16, head_dim=8, **{name: bad})
+
+
+@pytest.mark.parametrize('side, bound', [(7, 90), (56, 120)])  # one chunk of 196; 16 chunks
+def test_memory_dispatches_few_operations(side, bound):
+    """At 224^2 a memory costs its dispatches, not its arithmetic: a bound on their number.
+
+    Measured: 85 and 114 operations (134 and 539 before the loop-free write of 2026-12, whose
+    default was the sequential form).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    mem = NeuralMemory(280, 32, chunk_size=196).eval()
+    x = torch.randn(1, 280, side, side)
+    with torch.inference_mode(), Count():
+        mem(x)
+    print(f'{side}x{side} map, {-(-side * side // 196)} chunks: {Count.calls} operations')
+    assert Count.calls <= bound
+

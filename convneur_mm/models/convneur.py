@@ -24,12 +24,13 @@ MEMORY_PLACEMENTS = ('stage', 'block', 'none')
 FUSIONS = ('gate', 'add')
 
 
-def drop_path(x, p, training):
-    """Stochastic depth: zero whole samples of a residual branch with probability p."""
+def drop_path_scale(x, p, training):
+    """Stochastic depth as a (B, 1, 1, 1) scale of a residual branch: whole samples are zeroed
+    with probability p and the others scaled by 1 / (1 - p); None when nothing is dropped."""
     if p == 0.0 or not training:
-        return x
+        return None
     keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
+    return keep / (1 - p)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -165,11 +166,15 @@ class ConvNeurBlock(nn.Module):
         if self.grn is not None:
             y = self.grn(y)
         y = self.pwconv2(y).permute(0, 3, 1, 2)
-        if context is not None:
-            y = y * context if self.fusion == 'gate' else y + context
-        if self.gamma is not None:
-            y = y * self.gamma.view(-1, 1, 1)
-        return x + drop_path(y, self.drop_path, self.training)
+        if context is not None and self.fusion == 'add':
+            y, context = y + context, None
+        # The gate, the layer scale and stochastic depth all scale the branch: their product
+        # (small, or one map) is taken first, then x + y * scale in one pass over the map.
+        scale = None if self.gamma is None else self.gamma.view(-1, 1, 1)
+        for factor in (context, drop_path_scale(x, self.drop_path, self.training)):
+            if factor is not None:
+                scale = factor if scale is None else scale * factor
+        return x + y if scale is None else torch.addcmul(x, y, scale)
 
 
 def global_context(g, fusion, gate_scale=1.0):
@@ -255,8 +260,8 @@ class ConvNeur(BaseModule):
             ``'add'`` (x + gamma * (local(x) + G), the additive ablation).
         memory_type (str): ``'linear'`` or ``'mlp'`` fast weights.
         chunks_per_group (int | None): chunks whose inner gradients are taken at the memory state
-            that starts their group (Titans' mini-batch gradient descent). 1 (default): fully
-            sequential; None: one group per stage, titans_pytorch's default.
+            that starts their group (Titans' mini-batch gradient descent). None (default): one
+            group per stage, titans_pytorch's default; 1: fully sequential.
         grad_clip (float | None): soft norm clip of every chunk's inner gradient; None (default,
             as in titans_pytorch): no clip.
         center_keys (bool): write every token in proportion to how far its key is from the
@@ -325,7 +330,7 @@ class ConvNeur(BaseModule):
                  norm_eval=False, with_cp=False, drop_path_rate=0.0, layer_scale_init_value=1e-6,
                  kernel_size=7, mlp_ratio=4.0, chunk_size=None, max_lr=None, read_mode='final',
                  memory_placement='stage', memory_type='linear', fusion='gate',
-                 chunks_per_group=1, grad_clip=None, center_keys=False, global_query=False,
+                 chunks_per_group=None, grad_clip=None, center_keys=False, global_query=False,
                  compile_memory=False, zero_init_memory=False, gate_bias_init=0.0, gate_scale=1.0,
                  stem='conv', use_grn=False, gap_before_final_norm=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)

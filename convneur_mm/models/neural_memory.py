@@ -42,6 +42,21 @@ def _logit(p):
     return math.log(p / (1 - p))
 
 
+def _as(t, dtype):
+    """``t`` in ``dtype``, without dispatching a cast when it is already there."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def rms_inverse(x, eps):
+    """1 / sqrt(mean(x^2) + eps) over the last dim, (..., d) -> (..., 1).
+
+    Through a vector norm: one pass over x and no x-sized temporary (x.square().mean() makes one;
+    torch.var over a short last dim is 10-20x slower on CPU).
+    """
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return torch.rsqrt(n.square().mul_(1 / x.shape[-1]).add_(eps))
+
+
 def soft_clip(g, max_norm, eps=1e-12):
     """Scale each matrix of ``g`` (..., a, b) to norm ``max_norm * tanh(norm / max_norm)``.
 
@@ -92,25 +107,27 @@ class FastWeights(nn.Module):
         """Fast weights of a fresh memory per image: list of (B * nh, fan_in, fan_out) tensors."""
         out = []
         for w, norm in zip(self.initial, self.initial_norms):
-            w = w.to(dtype)
-            w = w * (norm * torch.rsqrt(w.square().sum((-2, -1), keepdim=True) + 1e-12))
-            out.append(w.repeat(batch_size, 1, 1))
+            w = _as(w, dtype)
+            w = w * norm / torch.linalg.vector_norm(w, dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+            out.append(w if batch_size == 1 else w.repeat(batch_size, 1, 1))
         return out
 
     def ln_params(self, batch_size, dtype):
         """LayerNorm weight and bias of every memory: two (B * nh, 1, d) tensors."""
         # row g = b * nh + h takes head h's parameters
-        return (self.norm_weight.to(dtype).repeat(batch_size, 1).unsqueeze(1),
-                self.norm_bias.to(dtype).repeat(batch_size, 1).unsqueeze(1))
+        params = (_as(self.norm_weight, dtype), _as(self.norm_bias, dtype))
+        return tuple((p if batch_size == 1 else p.repeat(batch_size, 1)).unsqueeze(1)
+                     for p in params)
 
     def normalized(self, weights, z):
         """LN(z W) (or LN(gelu(z W1) W2)) without the affine part, for z (G', n, d).
 
         ``weights`` are (G', fan_in, fan_out). Returns the normalised (G', n, d) map and a cache
-        for :meth:`chunk_grads`.
+        for :meth:`chunk_grads` and :meth:`summed_grads`.
         """
         # The LayerNorm's centring is linear, so it is applied to the last (d x d or rd x d)
-        # matrix instead of to every token: two small passes instead of two over the tokens.
+        # matrix instead of to every token. So the updates need no centring of their own: what
+        # they add along the all-ones output direction is invisible to every read.
         last = weights[-1] - weights[-1].mean(-1, keepdim=True)
         if self.memory_type == 'linear':
             hidden = act = None
@@ -120,57 +137,80 @@ class FastWeights(nn.Module):
             act = F.gelu(hidden)
             centred = torch.bmm(act, last)
         # rstd is kept because the closed-form gradient needs it
-        rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + 1e-5)
+        rstd = rms_inverse(centred, 1e-5)
         normed = centred * rstd
         return normed, (z, hidden, act, normed, rstd, last)
 
     def forward(self, weights, z, ln):
-        """Read the memory: f_W(z) = z + LN(...) for z (G, n, d)."""
-        normed = self.normalized(weights, z)[0]
-        return torch.addcmul(z + ln[1], normed, ln[0])
+        """Read the memory: f_W(z) = z + LN(...) for z (G, n, d); ``ln`` = (gamma, beta)."""
+        if self.memory_type == 'linear':
+            pre = torch.bmm(z, weights[0])
+        else:
+            pre = torch.bmm(F.gelu(torch.bmm(z, weights[0])), weights[1])
+        gamma, beta = ln
+        if gamma.shape[0] == 1:  # one head and one image: the LayerNorm's own affine part
+            return z + F.layer_norm(pre, pre.shape[-1:], gamma.view(-1), beta.view(-1), 1e-5)
+        return torch.addcmul(z + beta, F.layer_norm(pre, pre.shape[-1:], eps=1e-5), gamma)
 
-    def chunk_grads(self, weights, cache, d_normed, lr, num_chunks, lr_z=None):
-        """Closed-form gradient of every chunk's inner loss, all taken at ``weights``.
+    def chunk_grads(self, cache, d_normed, lr, num_chunks):
+        """Closed-form gradient of every chunk's inner loss, all taken at the weights of ``cache``.
 
         Args:
-            weights: list of (G, fan_in, fan_out) weights the gradients are taken at.
             cache: from :meth:`normalized`, for the written tokens z (G, P * L, d).
             d_normed: (G, P * L, d) gradient of the loss with respect to the normalised map,
                 without the per-token step size.
             lr: (G, P * L, 1) per-token step size.
             num_chunks: P; the tokens are P consecutive chunks of equal length.
-            lr_z: ``lr * z`` when the caller has it already (computed for all chunks at once).
         Returns:
-            list of (G, P, fan_in, fan_out) gradients, in the order of ``weights``.
+            list of (G, P, fan_in, fan_out) gradients, in the order of the weights.
         """
-        z, hidden, act, normed, rstd, last = cache
-        G, n, _ = z.shape
-        lr_z = lr * z if lr_z is None else lr_z
-        g = d_normed
-        # Back through the normalisation: the standard LayerNorm backward
-        # d_pre = rstd * centre(g - normed * mean(g * normed)). Everything after it is linear per
-        # token, so rstd and the step size scale the (smaller) left factors of the final
-        # products, and the centring (over the output dimension) is applied to the products.
-        h = torch.addcmul(g, normed, (g * normed).mean(-1, keepdim=True), value=-1)
+        G = d_normed.shape[0]
 
-        def per_chunk(left, right):  # sum over each chunk's tokens of left^T right
+        def per_chunk(left, step, right):  # sum over each chunk's tokens of step * left^T right
+            left = left * step
             a, b = left.shape[-1], right.shape[-1]
             out = torch.bmm(left.reshape(G * num_chunks, -1, a).transpose(1, 2),
                             right.reshape(G * num_chunks, -1, b))
             return out.view(G, num_chunks, a, b)
+        return self._grads(cache, d_normed, lr, per_chunk)
 
-        def centre(u):
-            return u - u.mean(-1, keepdim=True)
+    def summed_grads(self, cache, d_normed, lr):
+        """R weighted sums over all tokens of their gradients, taken at the weights of ``cache``.
 
+        ``lr`` (G, n, R) holds, per token, its step size in each of the R sums (a chunk's
+        gradient is the sum over its tokens, so any combination of chunk gradients with scalar
+        weights is one such sum). Returns a list of (G, R, fan_in, fan_out) tensors.
+        """
+        G, n, R = lr.shape
+
+        def weighted(left, step, right):
+            a = left.shape[-1]
+            if R == 1:
+                left = left * step
+            else:  # (G, n, R, a) -> (G, n, R * a): R sums in one product
+                left = (left.unsqueeze(2) * step.unsqueeze(-1)).reshape(G, n, R * a)
+            return torch.bmm(left.transpose(1, 2), right).view(G, R, a, -1)
+        return self._grads(cache, d_normed, lr, weighted)
+
+    def _grads(self, cache, d_normed, lr, reduce):
+        """The gradients of the weights as ``reduce(left, step, right)`` sums of outer products
+        over tokens, ``step`` being a per-token scale of the (G, n, a) left factor."""
+        z, hidden, act, normed, rstd, last = cache
+        g = d_normed
+        # Back through the normalisation: the standard LayerNorm backward
+        # d_pre = rstd * centre(g - normed * mean(g * normed)). Everything after it is linear per
+        # token, so rstd and the step size scale the (smaller) left factors of the final
+        # products; the centring (over the output dimension) is left out (see normalized).
+        h = torch.addcmul(g, normed, (g * normed).mean(-1, keepdim=True), value=-1)
         if self.memory_type == 'linear':
-            return [centre(per_chunk(lr_z * rstd, h))]
+            return [reduce(z, lr * rstd, h)]
         # d_act = d_pre W2^T = rstd * h (centre(W2))^T, centring being symmetric
         d_act = rstd * torch.bmm(h, last.transpose(1, 2))
         # derivative of the exact (erf) GELU: Phi(x) + x * phi(x)
         cdf = 0.5 * (1 + torch.erf(hidden * (1 / math.sqrt(2))))
         pdf = torch.exp(-0.5 * hidden.square()) * (1 / math.sqrt(2 * math.pi))
         d_hidden = d_act * (cdf + hidden * pdf)
-        return [per_chunk(lr_z, d_hidden), centre(per_chunk(lr * rstd * act, h))]
+        return [reduce(z, lr, d_hidden), reduce(act, lr * rstd, h)]
 
 
 def _segment_weights(log_a):
@@ -178,8 +218,8 @@ def _segment_weights(log_a):
     cs = torch.cumsum(log_a, -1)
     seg = cs.unsqueeze(-1) - cs.unsqueeze(-2)
     P = log_a.shape[-1]
-    causal = torch.ones(P, P, dtype=torch.bool, device=log_a.device).tril()
-    return torch.exp(seg.masked_fill(~causal, float('-inf')))
+    future = torch.ones(P, P, dtype=torch.bool, device=log_a.device).triu(1)
+    return torch.exp(seg.masked_fill(future, float('-inf')))
 
 
 def momentum_forgetting(updates, log_eta, log_keep, weight, momentum):
@@ -217,6 +257,45 @@ def momentum_forgetting(updates, log_eta, log_keep, weight, momentum):
     return torch.cat(states, 1) if len(states) > 1 else states[0], momentum
 
 
+def _suffix_sum(x):
+    """sum_{i > j} x_i for j = 0..P, x (..., P) holding x_1..x_P: (..., P) -> (..., P + 1)."""
+    return x.sum(-1, keepdim=True) - F.pad(x.cumsum(-1), (1, 0))
+
+
+def group_end_weights(log_eta, log_keep, momentum=True):
+    """Weights of a group's start state and updates in its end state.
+
+    For S_t = eta_t S_{t-1} + u_t, W_t = keep_t W_{t-1} + S_t (t = 1..P):
+    ``W_P = a W_0 + sum_{j=0..P} c_j u_j`` and ``S_P = sum_{j=0..P} e_j u_j``, with u_0 = S_0.
+
+    Args:
+        log_eta, log_keep: (G, P) logs of the momentum and of 1 - forgetting.
+        momentum: whether e is needed (it is not after the last group).
+    Returns:
+        a (G, 1), c (G, P + 1), e (G, P + 1) or None.
+
+    With E(j, m) = prod_{j<i<=m} eta_i and K(m, P) = prod_{m<i<=P} keep_i:
+    e_j = E(j, P) and c_j = sum_{m >= max(j, 1)} E(j, m) K(m, P). Every factor is at most 1, so
+    nothing overflows. c is summed run by run from the end (``_RUN`` chunks as one small matrix
+    each, the runs after it through one carried number), which keeps the cost linear in P.
+    """
+    G, P = log_eta.shape
+    keep_to_end = _suffix_sum(log_keep).exp()  # K(m, P), m = 0..P
+    c, carry = [], None
+    for s in range(((P - 1) // _RUN) * _RUN, -1, -_RUN):
+        le = F.pad(log_eta[:, s:s + _RUN], (1, 0))  # local index 0 stands for chunk s
+        E = _segment_weights(le)  # (G, r + 1, r + 1): [m, j] = E(j, m), local indices
+        # c_j = sum_{m in run} E(j, m) K(m, P) + E(j, t) * carry, t the run's last chunk and
+        # carry = sum_{m > t} E(t, m) K(m, P): the S_t coefficient the later runs give
+        local = torch.bmm(keep_to_end[:, None, s + 1:s + 1 + _RUN], E[:, 1:, :]).squeeze(1)
+        if carry is not None:
+            local = torch.addcmul(local, carry, E[:, -1, :])
+        c.append(local[:, 1:])
+        carry = local[:, :1]  # index 0: chunk s, whose S is what the run before it hands on
+    c = torch.cat([carry] + c[::-1], 1)
+    return keep_to_end[:, :1], c, _suffix_sum(log_eta).exp() if momentum else None
+
+
 class NeuralMemory(nn.Module):
     """Global context map of a stage: write the tokens into a per-image memory, read them back.
 
@@ -233,8 +312,8 @@ class NeuralMemory(nn.Module):
             final memory.
         memory_type (str): ``'linear'`` or ``'mlp'``, see :class:`FastWeights`.
         chunks_per_group (int | None): chunks whose gradients are taken at the same state (the
-            one that starts their group). 1: fully sequential; None: one group for the whole
-            input (titans_pytorch's default ``batch_size=None``).
+            one that starts their group). None (default): one group for the whole input
+            (titans_pytorch's default ``batch_size=None``); 1: fully sequential.
         grad_clip (float | None): if set, m of a soft norm clip applied to every chunk's
             gradient. None (default, as in titans_pytorch): no clip.
         center_keys (bool): subtract the image's mean key from every (unit) key, so that a
@@ -255,7 +334,7 @@ class NeuralMemory(nn.Module):
     """
 
     def __init__(self, in_channels, memory_dim, head_dim=32, chunk_size=196, max_lr=1.0,
-                 read_mode='final', memory_type='linear', mlp_ratio=2, chunks_per_group=1,
+                 read_mode='final', memory_type='linear', mlp_ratio=2, chunks_per_group=None,
                  grad_clip=None, center_keys=False, global_query=False, compile=False):
         super().__init__()
         if memory_dim % head_dim:
@@ -358,26 +437,39 @@ class NeuralMemory(nn.Module):
         B, _, H, W = x.shape
         N, nh, d = H * W, self.num_heads, self.head_dim
         tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))  # (B, N, C_m), raster order
-        q, k, v = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4).unbind(0)
-        q = F.normalize(q, dim=-1).reshape(B * nh, N, d)
-        k = F.normalize(k, dim=-1)
+        qkv = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4)
+        # unit q and k (F.normalize's formula), both in one pass
+        q, k = (qkv[:2] / torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True).clamp_min(1e-12)
+                ).unbind(0)
         if self.center_keys:
             k = k - k.mean(2, keepdim=True)
-        k = k.reshape(B * nh, N, d)
-        v = v.reshape(B * nh, N, d)
+        q, k, v = (t.reshape(B * nh, N, d) for t in (q, k, qkv[2]))
 
         # The memory state, its gates and its updates stay in fp32 under autocast: the state is
         # a long sum of small updates and the LN statistics are sensitive to bf16/fp16 rounding.
         dtype = torch.promote_types(tokens.dtype, torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(tokens.to(dtype), self.gates.weight.to(dtype), self.gates.bias.to(dtype))
-            y = self._scan(q.to(dtype), k.to(dtype), v.to(dtype), logits, B)
-            y = y.view(B, nh, N, d)
-            y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-6)  # per-head RMSNorm
-            y = y * self.out_norm_weight.to(dtype).view(1, nh, 1, d)
-        y = self.proj(y.to(tokens.dtype).transpose(1, 2).reshape(B, N, nh * d))
+        if dtype == tokens.dtype and not torch.is_autocast_enabled(x.device.type):
+            y = self._write_and_read(q, k, v, tokens, B, N)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                y = self._write_and_read(*(t.to(dtype) for t in (q, k, v, tokens)), B, N)
+        y = self.proj(_as(y, tokens.dtype))
         # (B, C, H, W) with channels-last strides, like the local branch it is combined with.
         return y.transpose(1, 2).view(B, -1, H, W)
+
+    def _write_and_read(self, q, k, v, tokens, B, N):
+        """Gates, write, read and output norm, in the dtype of the inputs (fp32 or wider):
+        (G, N, d) q, k, v and (B, N, C_m) tokens -> (B, N, C_m)."""
+        nh, d = self.num_heads, self.head_dim
+        dtype = tokens.dtype
+        logits = F.linear(tokens, _as(self.gates.weight, dtype), _as(self.gates.bias, dtype))
+        y = self._scan(q, k, v, logits, B)
+        # per-head RMSNorm, then the heads side by side
+        weight = _as(self.out_norm_weight, dtype)
+        if nh == 1:
+            return F.rms_norm(y, (d,), weight.view(d), 1e-6).view(B, N, d)
+        y = F.rms_norm(y.view(B, nh, N, d), (d,), None, 1e-6) * weight.view(1, nh, 1, d)
+        return y.transpose(1, 2).reshape(B, N, nh * d)
 
     def _scan(self, q, k, v, logits, B):
         """Write the chunks group by group, then read. q, k, v: (G, N, d); logits: (B, N, 3 * nh).
@@ -398,48 +490,63 @@ class NeuralMemory(nn.Module):
         if writes == 0:
             return self._final_read(weights, q, gamma, beta, B)
 
-        # per-token step: theta / d, the 1 / d being the mean over the head dimension
-        lr = (self.max_lr / d) * torch.sigmoid(logits[..., :nh])  # (B, N, nh)
+        lr = torch.sigmoid(logits[..., :nh])  # per-token step / (max_lr / d), (B, N, nh)
         means = logits[..., nh:]
         if pad:
             # The last chunk is padded and masked (lr = 0, excluded from the chunk means), not dropped.
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            lr, means = F.pad(lr, (0, 0, 0, pad)), F.pad(means, (0, 0, 0, pad))
-        lr = lr.permute(0, 2, 1).reshape(G, T * L, 1)
+            lr = F.pad(lr, (0, 0, 0, pad))
+            counts = torch.full((T, 1), float(L), device=q.device, dtype=q.dtype)
+            counts[-1] = L - pad
+            means = F.pad(means, (0, 0, 0, pad)).unflatten(1, (T, L)).sum(2) / counts
+        else:
+            means = means.unflatten(1, (T, L)).mean(2)
+        lr = lr.transpose(1, 2).reshape(G, T * L, 1)
         # eta, alpha per chunk from the mean logit of its valid tokens, kept as logs: (G, T)
-        counts = torch.full((T, 1), float(L), device=q.device, dtype=q.dtype)
-        counts[-1] = L - pad
-        means = (means.view(B, T, L, 2 * nh).sum(2) / counts).view(B, T, 2, nh)
-        log_eta = F.logsigmoid(means[:, :, 0]).permute(0, 2, 1).reshape(G, T)
-        log_keep = F.logsigmoid(-means[:, :, 1]).permute(0, 2, 1).reshape(G, T)
+        means = means.view(B, T, 2, nh).permute(2, 0, 3, 1).reshape(2, G, T)
+        log_eta, log_keep = F.logsigmoid(means[0]), F.logsigmoid(-means[1])
 
-        # The inner loss sum_i lr_i ||k_i + gamma * normed_i + beta - v_i||^2 has the gradient
-        # lr * (c0 + c1 * normed) with respect to the normalised map, with c0 = 2 gamma (k + beta
-        # - v) and c1 = 2 gamma^2 known before the loop. Both are negated so that the loop
+        # The inner loss sum_i theta_i mean_d (k_i + gamma * normed_i + beta - v_i)^2 has the
+        # gradient lr * (c0 + c1 * normed) with respect to the normalised map, with
+        # theta = (max_lr / d) * lr, c0 = 2 (max_lr / d) gamma (k + beta - v) and
+        # c1 = 2 (max_lr / d) gamma^2 known before the loop. Both are negated so that the loop
         # accumulates -grad directly.
-        c1 = -2 * gamma.square()
-        c0 = torch.addcmul(-2 * gamma * beta, k - v, -2 * gamma)
+        scale = gamma * (-2 * self.max_lr / d)
+        c1 = scale * gamma
+        c0 = torch.addcmul(scale * beta, k - v, scale)
 
         P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
-        lr_k = lr * k
-        if P == 1:
+        # With 'final' reads (and no clip, which needs each chunk's gradient) only the end state
+        # of a group is ever used, and it is a weighted sum of the group's chunk gradients, which
+        # are sums over tokens: one product per group, no per-chunk gradient or state.
+        ends_only = self.read_mode == 'final' and self.grad_clip is None and (P > 1 or T == 1)
+        if P == 1 and not ends_only:
             # The sequential form runs once per chunk and is bound by the number of small
             # operations, so its gates are taken out of log space once, before the loop.
             eta, keep = log_eta.exp().view(G, T, 1, 1).unbind(1), log_keep.exp().view(G, T, 1, 1).unbind(1)
-        momentum = [w.new_zeros(w.shape) for w in weights]
+        momentum = None if ends_only else [w.new_zeros(w.shape) for w in weights]
         reads = []
         for start in range(0, writes, P):
             p = min(P, writes - start)
-            span = slice(start * L, (start + p) * L)
+            span, chunks = slice(start * L, (start + p) * L), slice(start, start + p)
             if self.read_mode == 'prev' and P == 1:
                 reads.append(self.memory.normalized(weights, q[:, span])[0])
             normed, cache = self.memory.normalized(weights, k[:, span])
-            updates = self.memory.chunk_grads(weights, cache, torch.addcmul(c0[:, span], c1, normed),
-                                              lr[:, span], p, lr_k[:, span])
+            d_normed = torch.addcmul(c0[:, span], c1, normed)
             if self.surprise is not None:
                 err = torch.addcmul(k[:, span] - v[:, span] + beta, normed, gamma)
-                self.surprise.append((lr[:, span] * err.square()).view(G, p, -1).sum(-1).detach())
+                theta = lr[:, span] * (self.max_lr / d)
+                self.surprise.append((theta * err.square()).view(G, p, -1).sum(-1).detach())
+            if ends_only:
+                weights, momentum = self._write_group(
+                    weights, momentum, cache, d_normed, lr[:, span], log_eta[:, chunks],
+                    log_keep[:, chunks], last=start + p == writes)
+                continue
+            updates = self.memory.chunk_grads(cache, d_normed, lr[:, span], p)
             if self.grad_clip is not None:
+                # centred over the output dimension first, so that the clip reads only what a
+                # read can see
+                updates[-1] = updates[-1] - updates[-1].mean(-1, keepdim=True)
                 updates = [soft_clip(u, self.grad_clip) for u in updates]
             if P == 1:
                 for i, u in enumerate(updates):
@@ -448,9 +555,8 @@ class NeuralMemory(nn.Module):
                 continue
             states = []
             for i, u in enumerate(updates):
-                s, momentum[i] = momentum_forgetting(u, log_eta[:, start:start + p],
-                                                     log_keep[:, start:start + p], weights[i],
-                                                     momentum[i])
+                s, momentum[i] = momentum_forgetting(u, log_eta[:, chunks], log_keep[:, chunks],
+                                                     weights[i], momentum[i])
                 states.append(s)
             if self.read_mode == 'prev':
                 # chunk start + j reads the state after start + j writes: W_s, then W_1..W_{p-1}
@@ -461,6 +567,37 @@ class NeuralMemory(nn.Module):
             return self._final_read(weights, q, gamma, beta, B)[:, :N]
         reads.append(self.memory.normalized(weights, q[:, writes * L:])[0])
         return torch.addcmul(q + beta, torch.cat(reads, 1), gamma)[:, :N]
+
+    def _write_group(self, weights, momentum, cache, d_normed, lr, log_eta, log_keep, last):
+        """The state after one group of p chunks whose gradients are all taken at ``weights``.
+
+        W_end = a W + c_0 S + sum_j c_j u_j and S_end = e_0 S + sum_j e_j u_j
+        (:func:`group_end_weights`); each sum over chunks is one sum over the group's tokens,
+        every token weighted by its chunk's coefficient. ``momentum`` is None before the first
+        group (S = 0), and the last group's momentum is not computed (nothing reads it).
+        """
+        G, p = log_eta.shape
+        if p == 1 and last and momentum is None:  # W_1 = keep W_0 + u: no weights to solve for
+            u = self.memory.summed_grads(cache, d_normed, lr)
+            return [torch.addcmul(g[:, 0], log_keep.exp().view(G, 1, 1), w)
+                    for w, g in zip(weights, u)], None
+        a, c, e = group_end_weights(log_eta, log_keep, momentum=not last)
+        coefs = c.unsqueeze(-1) if last else torch.stack([c, e], -1)  # (G, p + 1, R)
+        R = coefs.shape[-1]
+        per_token = coefs[:, 1:].unsqueeze(2).expand(G, p, lr.shape[1] // p, R)
+        sums = self.memory.summed_grads(cache, d_normed, lr * per_token.reshape(G, -1, R))
+        a = a.view(G, 1, 1)
+        new_weights, new_momentum = [], []
+        for i, (w, u) in enumerate(zip(weights, sums)):
+            w = torch.addcmul(u[:, 0], a, w)
+            if momentum is not None:
+                w = torch.addcmul(w, c[:, 0].view(G, 1, 1), momentum[i])
+            new_weights.append(w)
+            if not last:
+                s = u[:, 1] if momentum is None else torch.addcmul(u[:, 1], e[:, 0].view(G, 1, 1),
+                                                                   momentum[i])
+                new_momentum.append(s)
+        return new_weights, new_momentum
 
     def _final_read(self, weights, q, gamma, beta, B):
         """Every token's read of the final memory (G, n, d), plus the global query's read."""
