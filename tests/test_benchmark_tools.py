@@ -52,6 +52,29 @@ def test_benchmark_compiled_rows_are_the_same_networks_compiled():
         assert all(m.compile for m in memories) and not any(s.memory.compile for s in eager.stages)
 
 
+def test_benchmark_baseline_builds_a_revisions_convneur_beside_this_one():
+    from convneur_mm import ConvNeur
+    benchmark = load_tool('benchmark')
+    Baseline = benchmark.load_baseline('HEAD')
+    assert Baseline is not ConvNeur and Baseline.__module__ == 'convneur_baseline.models.convneur'
+    torch.manual_seed(0)
+    ours, theirs = ConvNeur('m1').eval(), Baseline('m1').eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(ours.state_dict())
+    # 64^2: every stage is one chunk, where each revision since the memory's step correction
+    # computes the same function
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SystemExit, match='--baseline no-such-ref: cannot read convneur_mm/'):
+        benchmark.load_baseline('no-such-ref')
+    out = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models',
+                          'convneur-m1-baseline'], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and 'convneur-m1-baseline need --baseline REF' in out.stderr
+
+
 def test_benchmark_small_run(tmp_path):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models', 'convneur-m1',
            'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '1',
@@ -64,11 +87,16 @@ def test_benchmark_small_run(tmp_path):
     for r in rows:
         assert float(r['latency_ms']) > 0 and float(r['peak_mem']) > 0
         assert float(r['throughput']) > 0 and r['batch'] == '2'
+    # the time inside the memories, by hooks: only where there are memories, and part of the pass
+    inside = {r['model']: r['memory_ms'] for r in rows}
+    assert inside['convneur-m1-local'] == inside['resnet18'] == ''
+    assert 0 < float(inside['convneur-m1']) < float(rows[0]['latency_ms'])
     flops = {r['model']: float(r['flops']) for r in rows}
     assert 0.70e9 < flops['convneur-m1'] < 0.72e9 and flops['convneur-m1-local'] < flops['convneur-m1']
     assert abs(flops['resnet18'] / 1.82e9 - 1) < 0.01  # mmpretrain's model card: 1.82 GFLOPs
     report = (tmp_path / 'results.md').read_text()
     assert 'convneur-m1 @224: memory branch <= 20% of latency' in report
+    assert 'convneur-m1 @224: time inside the memory modules' in report
     assert 'GFLOP/s >= 0.8x median of conv peers' in report
     for png in ('gflops_per_s.png', 'flops_vs_latency_224.png'):
         assert (tmp_path / png).stat().st_size > 0

@@ -3,6 +3,8 @@
     python tools/benchmark.py --quick            # a few-minute subset: 11 models, 224^2 to 1024^2
     python tools/benchmark.py                    # everything (about 35 minutes on 2 CPU cores)
     python tools/benchmark.py --models convneur-m1 resnet18 --sizes 224 1024
+    python tools/benchmark.py --baseline v0.1 --models convneur-m1 convneur-m1-baseline \
+        convneur-m1-local convneur-m1-local-baseline     # this checkout against a git revision
 
 Every model is built in this process (ConvNeur from this package; the peers from the installed
 mmpretrain and mmdet) and timed in one interleaved loop: each round runs every model once, so
@@ -18,17 +20,23 @@ against log pixels, and the speed targets, each with its measured value and PASS
 ConvNeur runs with each task's memory settings: chunk 196 (classification) at 224^2, chunk 4096
 (the paper's detection and segmentation setting) at every larger size. ``convneur-mX-compiled``
 is the same network with ``compile_memory=True``; ``convneur-mX-local`` has no memory, and the
-difference is the memory's share of the time. At 512^2 a forward + backward step is also timed.
+difference is the memory's share of the time. ``convneur-mX-baseline`` and
+``convneur-mX-local-baseline`` are the same two networks as the git revision ``--baseline`` builds
+them, so that a change is timed before and after in one interleaved run. At 512^2 a forward +
+backward step is also timed.
 
 Results go to ``--out`` (default ``work_dirs/benchmark``): results.csv, results.md and PNG plots.
 """
 import argparse
 import contextlib
 import csv
+import importlib
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,10 +54,43 @@ CONVNEUR = ('m1', 'm2', 'm3', 'm4')
 
 
 CONVNEUR_OPTIONS = {}  # --convneur-options, applied to every ConvNeur model
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = {}  # --baseline: the revision and its ConvNeur class
 
 
 def _convneur(arch, **kwargs):
     return lambda: ConvNeur(arch, **{**CONVNEUR_OPTIONS, **kwargs})
+
+
+def load_baseline(ref):
+    """The ConvNeur class of git revision ``ref`` of this repository.
+
+    Its model files (``convneur_mm/models/convneur.py``, ``neural_memory.py`` and the
+    ``checkpoint.py`` they import) are written to a temporary package of another name, which
+    neither registry sees, so the two versions run side by side in one process.
+    """
+    root = Path(tempfile.mkdtemp(prefix='convneur_baseline_'))
+    for path in ('checkpoint.py', 'models/convneur.py', 'models/neural_memory.py'):
+        shown = subprocess.run(['git', 'show', f'{ref}:convneur_mm/{path}'], cwd=REPO,
+                               capture_output=True, text=True)
+        if shown.returncode:
+            raise SystemExit(f'--baseline {ref}: cannot read convneur_mm/{path} at that revision '
+                             f'({shown.stderr.strip() or "is this a git checkout?"})')
+        target = root / 'convneur_baseline' / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(shown.stdout)
+    for package in ('convneur_baseline', 'convneur_baseline/models'):
+        (root / package / '__init__.py').write_text('')
+    sys.path.insert(0, str(root))
+    for name in [m for m in sys.modules if m.split('.')[0] == 'convneur_baseline']:
+        del sys.modules[name]  # a revision loaded before
+    return importlib.import_module('convneur_baseline.models.convneur').ConvNeur
+
+
+def _baseline(arch, **kwargs):
+    def build():
+        return BASELINE['class'](arch, **{**CONVNEUR_OPTIONS, **kwargs})
+    return build
 
 
 def _mmpretrain(name, **kwargs):
@@ -90,6 +131,10 @@ MODELS = {
        for a in CONVNEUR},
     # the same networks without their global branch: what the memory costs
     **{f'convneur-{a}-local': ('convneur-local', _convneur(a, memory_placement='none'))
+       for a in CONVNEUR},
+    # both as the git revision --baseline builds them
+    **{f'convneur-{a}-baseline': ('convneur-baseline', _baseline(a)) for a in CONVNEUR},
+    **{f'convneur-{a}-local-baseline': ('convneur-local', _baseline(a, memory_placement='none'))
        for a in CONVNEUR},
     'resnet18': ('conv', _mmpretrain('ResNet', depth=18, **FOUR_MAPS)),
     'resnet50': ('conv', _mmpretrain('ResNet', depth=50, **FOUR_MAPS)),
@@ -132,12 +177,12 @@ def task_memory_settings(model, size):
     """Set every NeuralMemory of a ConvNeur ``model`` to the settings of the task at ``size``.
 
     Only the chunk size changes the cost (max_lr does not); ``--convneur-options chunk_size=...``
-    overrides it at every size.
+    overrides it at every size. Memories are found by class name, which a ``--baseline`` model's
+    share.
     """
-    from convneur_mm import NeuralMemory
     chunk = CONVNEUR_OPTIONS.get('chunk_size', CLS_CHUNK if size == '224' else DENSE_CHUNK)
     for m in model.modules():
-        if isinstance(m, NeuralMemory):
+        if type(m).__name__ == 'NeuralMemory':
             m.chunk_size = chunk
 
 
@@ -168,11 +213,21 @@ def parse_args():
     parser.add_argument('--profile', nargs='+', default=[], metavar='NAME', choices=sorted(MODELS),
                         help='also print a torch.profiler table (operators by self CPU time) of '
                              'these models at every size, written to profile_<name>_<size>.txt')
+    parser.add_argument('--baseline', metavar='REF',
+                        help='a git revision (commit, tag, branch) whose ConvNeur the '
+                             'convneur-mX-baseline and convneur-mX-local-baseline models build')
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--no-plots', action='store_true')
     args = parser.parse_args()
     if args.models is None:
-        args.models = QUICK_MODELS if args.quick else list(MODELS)
+        args.models = [m for m in (QUICK_MODELS if args.quick else MODELS)
+                       if args.baseline or 'baseline' not in m]
+    wanted = [m for m in args.models if 'baseline' in m]
+    if wanted and not args.baseline:
+        parser.error(f'{", ".join(wanted)} need --baseline REF (the git revision to build '
+                     f'them from)')
+    if args.baseline:
+        BASELINE.update(ref=args.baseline, **{'class': load_baseline(args.baseline)})
     if args.sizes is None:
         args.sizes = ['224', '512', '1024'] if args.quick else list(SIZES)
     if args.rounds is None:
@@ -252,6 +307,32 @@ def profile(name, size, forward, out):
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f'profile_{name}_{size}.txt').write_text(table)
     log(f'  profile of {name} at {size} (3 passes):\n{table}')
+
+
+class MemoryClock:
+    """Time a forward pass spends inside a model's memory modules, by forward hooks.
+
+    The memory's share of a model's time is otherwise 1 - local / full, a difference of two
+    medians from different networks; this measures the memory's own time in the same pass (the
+    gate's multiplication in the blocks is not in it). CPU only: on a GPU a call returns before
+    its kernels finish. Memories are found by class name, like :func:`task_memory_settings`.
+    """
+
+    def __init__(self, model):
+        self.seconds, self._start = 0.0, None
+        self.handles = [h for m in model.modules() if type(m).__name__ == 'NeuralMemory'
+                        for h in (m.register_forward_pre_hook(self._enter),
+                                  m.register_forward_hook(self._leave))]
+
+    def _enter(self, module, args):
+        self._start = time.perf_counter()
+
+    def _leave(self, module, args, out):
+        self.seconds += time.perf_counter() - self._start
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
 def make_forward(model, x, device):
@@ -343,7 +424,8 @@ def run(args):
             results[name] = dict(model=name, family=MODELS[name][0], size=size, height=h, width=w,
                                  params=count_params(model), flops=flops, times=[],
                                  peak_mem=peak_memory(forward, device), forward=forward, x=x,
-                                 train_times=[], train_step=None)
+                                 train_times=[], train_step=None, memory_times=[],
+                                 clock=MemoryClock(model) if device.type == 'cpu' else None)
             if size in TRAIN_SIZES and name.startswith('convneur'):
                 results[name]['train_step'] = make_train_step(model, x)
                 results[name]['train_step']()  # warm-up (and compilation of the backward)
@@ -355,7 +437,12 @@ def run(args):
             # rotate the order every round so no model always runs right after the same one
             order = list(results)[r % max(len(results), 1):] + list(results)[:r % max(len(results), 1)]
             for name in order:
+                clock = results[name]['clock']
+                if clock is not None:
+                    clock.seconds = 0.0
                 results[name]['times'].append(timer(results[name]['forward']))
+                if clock is not None and clock.handles:
+                    results[name]['memory_times'].append(clock.seconds)
                 if results[name]['train_step'] is not None:
                     results[name]['train_times'].append(timer(results[name]['train_step']))
             log(f'  round {r + 1}/{rounds} done')
@@ -369,6 +456,10 @@ def run(args):
             res['batch'] = batch
             res['train_ms'] = (statistics.median(res['train_times']) * 1e3
                                if res['train_times'] else None)
+            res['memory_ms'] = (statistics.median(res['memory_times']) * 1e3
+                                if res['memory_times'] else None)
+            if res['clock'] is not None:
+                res['clock'].remove()
             if batch > 1:
                 forward_batch = make_forward(models[name], res['x'].repeat(batch, 1, 1, 1), device)
                 forward_batch()
@@ -377,10 +468,13 @@ def run(args):
                 f'{res["gflops_per_s"]:6.1f} GFLOP/s'
                 + (f', {res["throughput"]:.1f} img/s at batch {batch}' if res['throughput'] else '')
                 + (f', peak +{res["peak_mem"] / 2**20:.0f} MiB' if res['peak_mem'] is not None else '')
-                + (f', forward+backward {res["train_ms"]:.1f} ms' if res['train_ms'] else ''))
+                + (f', forward+backward {res["train_ms"]:.1f} ms' if res['train_ms'] else '')
+                + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else ''))
             if name in args.profile:
                 profile(name, size, res['forward'], args.out)
-            del res['forward'], res['x'], res['times'], res['train_times'], res['train_step']
+            for key in ('forward', 'x', 'times', 'train_times', 'train_step', 'memory_times',
+                        'clock'):
+                del res[key]
             rows.append(res)
         for name in results:
             models[name].to('cpu')
@@ -421,8 +515,9 @@ def targets(rows, fitted):
                    for size in SIZES if any(r['family'] == 'conv' and r['size'] == size
                                             for r in rows)}
     for arch in CONVNEUR:
-        local_name = f'convneur-{arch}-local'
-        for name in (f'convneur-{arch}', f'convneur-{arch}-compiled'):
+        local = f'convneur-{arch}-local'
+        for name, local_name in ((f'convneur-{arch}', local), (f'convneur-{arch}-compiled', local),
+                                 (f'convneur-{arch}-baseline', f'{local}-baseline')):
             f = fitted.get(name)
             if f and f['sizes'] == '224-2048':
                 checks.append((f'{name}: FLOPs exponent 224^2-2048^2 <= 1.02',
@@ -436,6 +531,10 @@ def targets(rows, fitted):
                 tshare = 1 - local['latency_ms'] / full['latency_ms']
                 checks.append((f'{name} @{size}: memory branch <= 20% of latency (batch 1)',
                                f'{tshare:.1%}', tshare <= 0.20))
+                if full.get('memory_ms'):
+                    checks.append((f'{name} @{size}: time inside the memory modules (hooks; '
+                                   f'for information)',
+                                   f'{full["memory_ms"] / full["latency_ms"]:.1%}', None))
                 if full.get('train_ms') and local.get('train_ms'):
                     share = 1 - local['train_ms'] / full['train_ms']
                     checks.append((f'{name} @{size}: memory branch <= 25% of a forward+backward '
@@ -461,7 +560,8 @@ def write_outputs(rows, device, args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fields = ['model', 'family', 'size', 'height', 'width', 'params', 'flops', 'latency_ms',
-              'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem', 'train_ms']
+              'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem', 'train_ms',
+              'memory_ms']
     with open(out / 'results.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
@@ -480,16 +580,17 @@ def write_outputs(rows, device, args):
             continue
         h, w = SIZES[size]
         lines += [f'### {h}x{w}', '',
-                  '| model | params (M) | GFLOPs | latency (ms, batch 1) | GFLOP/s | '
-                  'throughput (img/s) | peak memory (MiB) | forward+backward (ms) |',
-                  '|---|---|---|---|---|---|---|---|']
+                  '| model | params (M) | GFLOPs | latency (ms, batch 1) | in its memories (ms) | '
+                  'GFLOP/s | throughput (img/s) | peak memory (MiB) | forward+backward (ms) |',
+                  '|---|---|---|---|---|---|---|---|---|']
         for r in sized:
             tput = f'{r["throughput"]:.1f} (b{r["batch"]})' if r['throughput'] else '-'
             mem = f'{r["peak_mem"] / 2**20:.0f}' if r['peak_mem'] is not None else '-'
             train = f'{r["train_ms"]:.1f}' if r['train_ms'] else '-'
+            inside = f'{r["memory_ms"]:.1f}' if r['memory_ms'] else '-'
             lines.append(f'| {r["model"]} | {r["params"] / 1e6:.2f} | {r["flops"] / 1e9:.2f} | '
-                         f'{r["latency_ms"]:.1f} | {r["gflops_per_s"]:.1f} | {tput} | {mem} | '
-                         f'{train} |')
+                         f'{r["latency_ms"]:.1f} | {inside} | {r["gflops_per_s"]:.1f} | {tput} | '
+                         f'{mem} | {train} |')
         lines.append('')
     if fitted:
         lines += ['### Exponents against pixel count (log-log least squares)', '',
@@ -515,7 +616,7 @@ def plot(rows, fitted, out):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    models = [m for m in dict.fromkeys(r['model'] for r in rows) if not m.endswith('-local')]
+    models = [m for m in dict.fromkeys(r['model'] for r in rows) if '-local' not in m]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, label in ((axes[0], 'latency_ms', 'latency, batch 1 (ms)'),
                            (axes[1], 'flops', 'FLOPs')):
@@ -541,7 +642,7 @@ def plot(rows, fitted, out):
     sizes = [s for s in SIZES if any(r['size'] == s for r in rows)]
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
-        sized = [r for r in rows if r['size'] == size and not r['model'].endswith('-local')]
+        sized = [r for r in rows if r['size'] == size and '-local' not in r['model']]
         ax.barh([r['model'] for r in sized], [r['gflops_per_s'] for r in sized],
                 color=['tab:red' if r['family'] == 'convneur' else 'tab:gray' for r in sized])
         ax.set_title(f'{SIZES[size][0]}x{SIZES[size][1]}')
@@ -551,7 +652,7 @@ def plot(rows, fitted, out):
     fig.savefig(out / 'gflops_per_s.png', dpi=120)
     plt.close(fig)
 
-    sized = [r for r in rows if r['size'] == '224' and not r['model'].endswith('-local')]
+    sized = [r for r in rows if r['size'] == '224' and '-local' not in r['model']]
     if sized:
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in sized:
