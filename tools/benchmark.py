@@ -3,7 +3,7 @@
     python tools/benchmark.py --quick            # a few-minute subset: 11 models, 224^2 to 1024^2
     python tools/benchmark.py                    # everything (about 35 minutes on 2 CPU cores)
     python tools/benchmark.py --models convneur-m1 resnet18 --sizes 224 1024
-    python tools/benchmark.py --baseline v0.1 --models convneur-m1 convneur-m1-baseline \
+    python tools/benchmark.py --baseline HEAD~1 --models convneur-m1 convneur-m1-baseline \
         convneur-m1-local convneur-m1-local-baseline     # this checkout against a git revision
 
 Every model is built in this process (ConvNeur from this package; the peers from the installed
