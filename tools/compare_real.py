@@ -183,6 +183,10 @@ CONVNEUR.update({
     # not a paper ablation: keys centred on the image's mean key (the option that lets the memory
     # carry a small object's bit in tools/global_context.py), measured on real dense accuracy
     'm1 center_keys': dict(center_keys=True),
+    # and with the global read added to the residual stream: the variant that learned the
+    # one-bit scene task in every seed once the cross was not labelled background
+    'm1 center_keys global_query fusion=add': dict(center_keys=True, global_query=True,
+                                                   fusion='add'),
 })
 # Pre-trained peers with a global branch after stages 2-4, started from the peer's own
 # classifier; every branch starts as the identity, so each run starts from the bare peer.
@@ -198,11 +202,12 @@ LOCAL_BODY = ['m1 placement=none layer_scale=off stem=patchify',
 # Variants added for the scenes protocol, not run on the demo sets.
 SCENES_ONLY = ('m1 gate_bias=2', 'm1 gate_scale=2', 'm1 placement=none layer_scale=off',
                'm1 group=all', 'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY,
-               'm1 center_keys')
+               'm1 center_keys', 'm1 center_keys global_query fusion=add')
 # Run by name (--runs) or by their tables, not part of the default tables: the paper's ablations
 # on the scenes, the local-body probes and centred keys.
 SCENES_ABLATIONS = ['m1 placement=block', 'm1 fusion=add', 'm1 read_mode=prev', 'm1 group=all',
-                    'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY, 'm1 center_keys']
+                    'm1 memory=mlp', 'm1 C_m=16', 'm1 C_m=64', *LOCAL_BODY, 'm1 center_keys',
+                    'm1 center_keys global_query fusion=add']
 
 # The scenes tables, one command each (--table NAME), seeds 0-2. Each is sized for about 90
 # minutes on 2 cores, two runs side by side with one thread each (measured: a pre-training run
@@ -237,8 +242,10 @@ TABLES = {
     # whether ConvNeXt-V2's stem also lifts the whole M1, memory and layer scale included
     'stem-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 stem=patchify',
                                                  'convnextv2-atto'], reference='convneur-m1'),
-    # what centred keys do to detection from scratch, read against M1
-    'center-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 center_keys'],
+    # what centred keys (and the global read that carried the one-bit scene task) do to
+    # detection from scratch, read against M1
+    'center-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 center_keys',
+                                                   'm1 center_keys global_query fusion=add'],
                        reference='convneur-m1'),
     **{name: dict(tasks=[f'scenes-{name}'], runs=MAIN_SCENES)
        for name in ('seg-ft', 'det-ft', 'seg', 'det')},
