@@ -28,11 +28,13 @@ backward step is also timed.
 Results go to ``--out`` (default ``work_dirs/benchmark``): results.csv, results.md and PNG plots.
 """
 import argparse
+import atexit
 import contextlib
 import csv
 import importlib
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +57,7 @@ CONVNEUR = ('m1', 'm2', 'm3', 'm4')
 
 CONVNEUR_OPTIONS = {}  # --convneur-options, applied to every ConvNeur model
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = {}  # --baseline: the revision and its ConvNeur class
+BASELINE = {}  # --baseline: the revision's ConvNeur class
 
 
 def _convneur(arch, **kwargs):
@@ -70,6 +72,7 @@ def load_baseline(ref):
     neither registry sees, so the two versions run side by side in one process.
     """
     root = Path(tempfile.mkdtemp(prefix='convneur_baseline_'))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     for path in ('checkpoint.py', 'models/convneur.py', 'models/neural_memory.py'):
         shown = subprocess.run(['git', 'show', f'{ref}:convneur_mm/{path}'], cwd=REPO,
                                capture_output=True, text=True)
@@ -177,8 +180,8 @@ def task_memory_settings(model, size):
     """Set every NeuralMemory of a ConvNeur ``model`` to the settings of the task at ``size``.
 
     Only the chunk size changes the cost (max_lr does not); ``--convneur-options chunk_size=...``
-    overrides it at every size. Memories are found by class name, which a ``--baseline`` model's
-    share.
+    overrides it at every size. Memories are found by class name, so that a ``--baseline``
+    model's are found too.
     """
     chunk = CONVNEUR_OPTIONS.get('chunk_size', CLS_CHUNK if size == '224' else DENSE_CHUNK)
     for m in model.modules():
@@ -227,7 +230,7 @@ def parse_args():
         parser.error(f'{", ".join(wanted)} need --baseline REF (the git revision to build '
                      f'them from)')
     if args.baseline:
-        BASELINE.update(ref=args.baseline, **{'class': load_baseline(args.baseline)})
+        BASELINE['class'] = load_baseline(args.baseline)
     if args.sizes is None:
         args.sizes = ['224', '512', '1024'] if args.quick else list(SIZES)
     if args.rounds is None:
