@@ -342,6 +342,16 @@ def test_global_context_summary_counts_learned_seeds(tmp_path):
     assert '| memory | 3 | 0.833 ± 0.717 | (0.833 ± 0.717) | 2 of 3 |' in text
     assert ('learned in 2 of 3 seeds against 0 of 3, one-sided Fisher exact p = 0.200'
             in text)
+    # graded accuracies that no seed lifts to 'learned': the intervals decide, no exact test
+    accuracy = {'memory': [0.5, 0.55, 0.6], 'local': [0.2, 0.25, 0.2]}
+    for variant, accs in accuracy.items():
+        for seed, acc in enumerate(accs):
+            path = Path(gc.result_path(args, 'odd', variant, seed))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(dict(test=dict(accuracy=acc), val=dict(accuracy=acc),
+                                            write_strength_final={}, track_curve=[])))
+    text = gc.summarize(args, [('odd', v, s) for v in accuracy for s in range(3)])
+    assert 'memory vs local: memory higher (95% CIs)\n' in text and 'Fisher' not in text
 
 
 def test_global_context_ignored_cross_runs_apart(tmp_path):

@@ -285,12 +285,15 @@ def summarize(args, jobs):
             side = separated([r['test']['accuracy'] for r in rs],
                              [r['test']['accuracy'] for r in reference])
             verdict = {'a': f'{other} higher', 'b': 'local higher', None: 'not separated'}[side]
-            # a seed learns the task or it does not: the counts' exact test says more than a t
-            # interval over all-or-nothing accuracies
-            p = fisher_greater(learned(rs), len(rs), learned(reference), len(reference))
-            lines.append(f'\n{other} vs local: {verdict} (95% CIs); learned in '
-                         f'{learned(rs)} of {len(rs)} seeds against {learned(reference)} of '
-                         f'{len(reference)}, one-sided Fisher exact p = {p:.3f}')
+            line = f'\n{other} vs local: {verdict} (95% CIs)'
+            if learned(rs) or learned(reference):
+                # a seed learns the task or it does not: the counts' exact test says more than
+                # a t interval over all-or-nothing accuracies
+                p = fisher_greater(learned(rs), len(rs), learned(reference), len(reference))
+                line += (f'; learned in {learned(rs)} of {len(rs)} seeds against '
+                         f'{learned(reference)} of {len(reference)}, one-sided Fisher exact '
+                         f'p = {p:.3f}')
+            lines.append(line)
         lines.append('')
     return '\n'.join(lines)
 
