@@ -331,26 +331,23 @@ def test_global_context_summary_counts_learned_seeds(tmp_path):
     args = gc.argparse.Namespace(size=128, stages=2, iters=2, batch=2, marker=scenes.MARKER,
                                  marker_label='background', work_dir=str(tmp_path), archive='',
                                  eval_scenes=4, seeds=[0, 1, 2])
-    accuracy = {'memory': [1.0, 0.5, 1.0], 'local': [0.5, 0.5, 0.5]}
-    for variant, accs in accuracy.items():
-        for seed, acc in enumerate(accs):
-            path = Path(gc.result_path(args, 'marker', variant, seed))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(dict(test=dict(accuracy=acc), val=dict(accuracy=acc),
-                                            write_strength_final={}, track_curve=[])))
-    text = gc.summarize(args, [('marker', v, s) for v in accuracy for s in range(3)])
+
+    def summary(task, accuracy):
+        """The summary of finished runs with these test (and validation) accuracies per seed."""
+        for variant, accs in accuracy.items():
+            for seed, acc in enumerate(accs):
+                path = Path(gc.result_path(args, task, variant, seed))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(dict(test=dict(accuracy=acc), val=dict(accuracy=acc),
+                                                write_strength_final={}, track_curve=[])))
+        return gc.summarize(args, [(task, v, s) for v in accuracy for s in range(3)])
+
+    text = summary('marker', {'memory': [1.0, 0.5, 1.0], 'local': [0.5, 0.5, 0.5]})
     assert '| memory | 3 | 0.833 ± 0.717 | (0.833 ± 0.717) | 2 of 3 |' in text
     assert ('learned in 2 of 3 seeds against 0 of 3, one-sided Fisher exact p = 0.200'
             in text)
     # graded accuracies that no seed lifts to 'learned': the intervals decide, no exact test
-    accuracy = {'memory': [0.5, 0.55, 0.6], 'local': [0.2, 0.25, 0.2]}
-    for variant, accs in accuracy.items():
-        for seed, acc in enumerate(accs):
-            path = Path(gc.result_path(args, 'odd', variant, seed))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(dict(test=dict(accuracy=acc), val=dict(accuracy=acc),
-                                            write_strength_final={}, track_curve=[])))
-    text = gc.summarize(args, [('odd', v, s) for v in accuracy for s in range(3)])
+    text = summary('odd', {'memory': [0.5, 0.55, 0.6], 'local': [0.2, 0.25, 0.2]})
     assert 'memory vs local: memory higher (95% CIs)\n' in text and 'Fisher' not in text
 
 
