@@ -72,6 +72,12 @@ def memory_stats(model, inputs):
       context: each token gets a function of its own query only.
     * ``gate_mean``, ``gate_std``: of sigmoid(G), the gate the blocks multiply their local branch by.
     * ``step``, ``momentum``, ``decay``: token means of theta (in units of ``max_lr``), eta and alpha.
+    * ``key_coherence``: the norm of the mean unit key, ``||mean_i k_i||``. Near 1, every token
+      writes along one shared direction, so the write is an image-level sum more than a set of
+      token-specific associations (0 with ``center_keys``).
+    * ``query_alignment``: the mean ``|cos(q_i, mean_j k_j)|``: how much a query reads along
+      that shared direction. Near 0, the queries look away from what was written (0 where there
+      is no shared direction).
 
     Args:
         model (nn.Module): holds the memories; called as ``model(inputs)``, in its current mode.
@@ -94,7 +100,12 @@ def memory_stats(model, inputs):
         if name not in captured:  # a memory the forward pass did not reach
             continue
         x, g = captured[name]
-        logits = mem.gates(mem.norm(mem.reduce(x.flatten(2).transpose(1, 2)))).float()
+        tokens, q, k, _ = mem.project(x)
+        logits = mem.gates(tokens).float()
+        mean_key = k.float().mean(2, keepdim=True)  # (B, nh, 1, d)
+        # a mean key shorter than 1e-4 (centred keys) has no direction to align with: 0
+        direction = mean_key / mean_key.norm(dim=-1, keepdim=True).clamp_min(1e-4)
+        alignment = (q.float() * direction).sum(-1).abs()
         mem.write, saved = False, mem.write
         try:
             g0 = mem(x)
@@ -105,7 +116,9 @@ def memory_stats(model, inputs):
         stats[name] = dict(
             write_strength=float((g - g0).float().norm() / g.float().norm().clamp_min(1e-12)),
             gate_mean=float(gate.mean()), gate_std=float(gate.std()), step=float(step.mean()),
-            momentum=float(momentum.mean()), decay=float(decay.mean()))
+            momentum=float(momentum.mean()), decay=float(decay.mean()),
+            key_coherence=float(mean_key.norm(dim=-1).mean()),
+            query_alignment=float(alignment.mean()))
     return stats
 
 

@@ -1,6 +1,8 @@
 """The memory's write must carry image context with the memory settings of every shipped config."""
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,11 @@ def test_write_strength_vanishes_with_a_vanishing_step_and_stats_are_in_range():
         # the gates' zero-initialised weights: sigmoid of the biases
         assert s['step'] == pytest.approx(0.5) and s['momentum'] == pytest.approx(0.9)
         assert s['decay'] == pytest.approx(0.02)
+        assert 0 < s['key_coherence'] <= 1 and 0 < s['query_alignment'] <= 1
+    # centred keys have no shared direction to measure
+    centred = ConvNeur('m1', out_indices=(0,), chunk_size=64, center_keys=True).eval()
+    s = memory_stats(centred, x)['stages.0.memory']
+    assert s['key_coherence'] < 1e-6 and s['query_alignment'] < 1e-3
     for mem in (model.stages[0].memory, model.stages[1].memory):
         mem.max_lr = 1e-12  # what is left is the forgetting's effect on the LayerNorm's epsilon
     assert max(write_strength(model, x).values()) < 1e-2
@@ -123,3 +130,41 @@ def test_memory_stats_hook_logs_memories_and_skips_backbones_without_one():
     logged, scalars = run(torch.nn.Conv2d(3, 8, 3), 3)
     assert scalars == [] and logged == ['MemoryStatsHook: the backbone has no NeuralMemory; '
                                         'nothing to log']
+
+
+def test_visualize_memory_resets_parameters_to_init(tmp_path):
+    """tools/analysis/visualize_memory.py: the pictures and the statistics of a checkpoint, and
+    ``--reset-to-init``, which puts the named parameters back to the untrained model's values."""
+    from mmengine.config import Config
+    from PIL import Image
+
+    from convneur_mm.engine.launch import build_task_model
+    config = str(REPO / 'configs/demo/convneur-m1_fashion-mnist.py')
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        tmp_path / 'image.png')
+    # a "trained" checkpoint: the untrained model with stage 4's memory keys, queries and values
+    # scaled, which changes what that memory writes and reads
+    torch.manual_seed(0)
+    model = build_task_model(Config.fromfile(config))
+    model.init_weights()
+    with torch.no_grad():
+        model.backbone.stages[3].memory.qkv.weight.mul_(3)
+    torch.save(dict(state_dict=model.state_dict()), tmp_path / 'ckpt.pth')
+
+    def run(checkpoint, *extra):
+        return subprocess.run([sys.executable, str(REPO / 'tools/analysis/visualize_memory.py'),
+                               config, checkpoint, str(tmp_path / 'image.png'), '--out-dir',
+                               str(tmp_path / 'out'), *extra], capture_output=True, text=True,
+                              timeout=300)
+
+    def stats(checkpoint, *extra):
+        out = run(checkpoint, *extra)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return [line for line in out.stdout.splitlines() if line.startswith('stages.')]
+
+    untrained, trained = stats('init'), stats(str(tmp_path / 'ckpt.pth'))
+    assert len(untrained) == 4 and trained[:3] == untrained[:3] and trained[3] != untrained[3]
+    assert stats(str(tmp_path / 'ckpt.pth'), '--reset-to-init', 'stages.3.memory.qkv.*') == untrained
+    assert {p.name for p in (tmp_path / 'out').iterdir()} >= {'stage1.png', 'surprise.png'}
+    out = run('init', '--reset-to-init', 'stages.9.*')
+    assert out.returncode != 0 and "'stages.9.*' matches no backbone parameter" in out.stderr

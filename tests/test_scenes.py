@@ -314,6 +314,12 @@ def test_probe_variants_build_what_their_names_say():
     add = gc.build('memory center global fusion=add', 2).backbone
     assert add.stages[0].blocks[0].fusion == 'add' and add.stages[0].memory.global_query is not None
     assert add.stages[0].memory.center_keys and add.stages[0].memory.chunk_size == 4096
+    # the ablations around the shipped memory: one group per stage, one change each
+    narrow = gc.build('memory group=all C_m=16', 2).backbone
+    wide = gc.build('memory group=all C_m=64', 2).backbone
+    assert [(s.memory.num_heads, s.memory.head_dim) for s in narrow.stages] == [(1, 16)] * 2
+    assert [(s.memory.num_heads, s.memory.head_dim) for s in wide.stages] == [(2, 32)] * 2
+    assert all(s.memory.chunks_per_group is None for s in narrow.stages + wide.stages)
 
 
 def test_fisher_exact_test_of_learned_seeds():
@@ -330,7 +336,7 @@ def test_global_context_summary_counts_learned_seeds(tmp_path):
     gc = _load('global_context', 'tools/global_context.py')
     args = gc.argparse.Namespace(size=128, stages=2, iters=2, batch=2, marker=scenes.MARKER,
                                  marker_label='background', work_dir=str(tmp_path), archive='',
-                                 eval_scenes=4, seeds=[0, 1, 2])
+                                 eval_scenes=4, seeds=[0, 1, 2], reference='local')
 
     def summary(task, accuracy):
         """The summary of finished runs with these test (and validation) accuracies per seed."""
@@ -349,6 +355,10 @@ def test_global_context_summary_counts_learned_seeds(tmp_path):
     # graded accuracies that no seed lifts to 'learned': the intervals decide, no exact test
     text = summary('odd', {'memory': [0.5, 0.55, 0.6], 'local': [0.2, 0.25, 0.2]})
     assert 'memory vs local: memory higher (95% CIs)\n' in text and 'Fisher' not in text
+    # an ablation against the shipped memory: the reference's row is loaded though not asked for
+    args.reference = 'memory'
+    text = gc.summarize(args, [('odd', 'local', s) for s in range(3)])
+    assert '| memory | 3 |' in text and 'local vs memory: memory higher (95% CIs)' in text
 
 
 def test_global_context_ignored_cross_runs_apart(tmp_path):

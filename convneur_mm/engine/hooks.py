@@ -13,8 +13,9 @@ class MemoryStatsHook(Hook):
 
     On the first ``num_images`` images of the current batch, in eval mode and without gradients,
     :func:`convneur_mm.analysis.memory_stats` gives per memory its write strength, the mean and
-    spread of its gate sigmoid(G) and its mean step, momentum and decay. They go to the
-    visualizer's backends (``vis_data/scalars.json``, TensorBoard, ...) as
+    spread of its gate sigmoid(G), its mean step, momentum and decay, and how much its keys and
+    queries share one direction (key coherence, query alignment). They go to the visualizer's
+    backends (``vis_data/scalars.json``, TensorBoard, ...) as
     ``memory/<stage>/<stat>`` scalars at the current iteration, and the write strengths to the log.
     ``tools/analysis/plot_memory_stats.py WORK_DIR`` plots them.
 

@@ -433,17 +433,25 @@ class NeuralMemory(nn.Module):
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
                 or self.surprise is not None)
 
-    def _forward(self, x):
+    def project(self, x):
+        """(B, C, H, W) -> tokens (B, N, C_m) in raster order, and q, k, v (B, nh, N, d): unit
+        queries and keys (keys centred if ``center_keys``), as the write and the read use them."""
         B, _, H, W = x.shape
         N, nh, d = H * W, self.num_heads, self.head_dim
-        tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))  # (B, N, C_m), raster order
+        tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))
         qkv = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4)
         # unit q and k (F.normalize's formula), both in one pass
         q, k = (qkv[:2] / torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True).clamp_min(1e-12)
                 ).unbind(0)
         if self.center_keys:
             k = k - k.mean(2, keepdim=True)
-        q, k, v = (t.reshape(B * nh, N, d) for t in (q, k, qkv[2]))
+        return tokens, q, k, qkv[2]
+
+    def _forward(self, x):
+        B, _, H, W = x.shape
+        N, nh, d = H * W, self.num_heads, self.head_dim
+        tokens, q, k, v = self.project(x)
+        q, k, v = (t.reshape(B * nh, N, d) for t in (q, k, v))
 
         # The memory state, its gates and its updates stay in fp32 under autocast: the state is
         # a long sum of small updates and the LN statistics are sensitive to bf16/fp16 rounding.

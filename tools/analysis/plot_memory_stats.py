@@ -3,8 +3,8 @@
     python tools/analysis/plot_memory_stats.py WORK_DIR [--out memory_stats.png]
 
 Reads the newest ``WORK_DIR/*/vis_data/scalars.json`` (or a scalars.json given directly) and draws
-one panel per statistic (write strength, gate mean and spread, step, momentum, decay) with a line per
-memory, against the training iteration.
+one panel per statistic (write strength, gate mean and spread, step, momentum, decay, key coherence,
+query alignment) with a line per memory, against the training iteration.
 """
 import argparse
 import glob
@@ -12,7 +12,8 @@ import json
 import os.path as osp
 from collections import defaultdict
 
-STATS = ('write_strength', 'gate_mean', 'gate_std', 'step', 'momentum', 'decay')
+STATS = ('write_strength', 'gate_mean', 'gate_std', 'step', 'momentum', 'decay', 'key_coherence',
+         'query_alignment')
 
 
 def read_scalars(path):
@@ -47,13 +48,17 @@ def main():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     stats = [s for s in STATS if s in series]
-    fig, axes = plt.subplots(1, len(stats), figsize=(3.6 * len(stats), 3.2), squeeze=False)
-    for ax, stat in zip(axes[0], stats):
+    cols = min(4, len(stats))
+    rows = -(-len(stats) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(stats):]:
+        ax.set_visible(False)
+    for ax, stat in zip(axes.flat, stats):
         for memory, points in sorted(series[stat].items()):
             ax.plot(*zip(*points), marker='.', label=memory)
         ax.set_title(stat.replace('_', ' '))
         ax.set_xlabel('iteration')
-        if stat == 'write_strength':
+        if stat in ('write_strength', 'key_coherence', 'query_alignment'):
             ax.set_ylim(bottom=0)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

@@ -2,17 +2,20 @@
 
     python tools/analysis/visualize_memory.py CONFIG CHECKPOINT IMAGE --out-dir DIR [--size H W]
 
-CHECKPOINT may be ``init`` (the config's freshly initialised model, as in tools/test.py). Writes:
+CHECKPOINT may be ``init`` (the config's freshly initialised model, as in tools/test.py);
+``--reset-to-init PATTERN`` puts matching parameters of a checkpoint back to that model's values.
+Writes:
 
 * ``stage<i>.png`` per stage with a memory: the image, the gate sigmoid(G) (mean over channels),
   and the local branch of the stage's first block before and after gating (channel-mean of
   absolute values), each map at the stage's resolution;
 * ``surprise.png``: every chunk's inner loss ("surprise") at the state its gradient is taken at,
   per stage, in write order;
-* and prints each memory's write strength, gate, step, momentum and decay statistics
-  (:func:`convneur_mm.analysis.memory_stats`).
+* and prints each memory's write strength, gate, step, momentum and decay statistics, key
+  coherence and query alignment (:func:`convneur_mm.analysis.memory_stats`).
 """
 import argparse
+import fnmatch
 import logging
 import os
 import os.path as osp
@@ -81,6 +84,10 @@ def main():
                         help='resize the image first (default: as it is)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, type=key_value,
                         metavar='KEY=VALUE')
+    parser.add_argument('--reset-to-init', nargs='+', default=[], metavar='PATTERN',
+                        help='backbone parameters whose names match these shell patterns (e.g. '
+                             '"stages.3.memory.qkv.*") take the values of the untrained model: '
+                             'which parameters a trained memory\'s statistics come from')
     args = parser.parse_args()
     if not osp.isfile(args.image):
         raise SystemExit(f'image {args.image!r} does not exist')
@@ -104,10 +111,20 @@ def main():
         model.init_weights()
     finally:
         logger.setLevel(level)
+    untrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     if args.checkpoint != 'init':
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
     backbone = model.backbone.eval()
+    for pattern in args.reset_to_init:
+        names = fnmatch.filter(untrained, pattern)
+        if not names:
+            raise SystemExit(f'--reset-to-init {pattern!r} matches no backbone parameter; they '
+                             f'are named like {next(iter(untrained))!r}')
+        with torch.no_grad():
+            for name in names:
+                backbone.get_parameter(name).copy_(untrained[name])
+        print(f'reset to the untrained values: {", ".join(names)}')
     if not any(isinstance(m, NeuralMemory) for m in backbone.modules()):
         raise SystemExit(f'{args.config}: the backbone ({type(backbone).__name__}) has no neural '
                          f'memory to show')
@@ -116,10 +133,12 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
 
     stats = memory_stats(backbone, x)
-    print(f'{"memory":24s} write strength  gate mean ± std   step  momentum  decay')
+    print(f'{"memory":24s} write strength  gate mean ± std   step  momentum  decay  '
+          f'key coherence  query alignment')
     for name, s in stats.items():
         print(f'{name:24s} {s["write_strength"]:13.1%}  {s["gate_mean"]:.3f} ± {s["gate_std"]:.3f}'
-              f'  {s["step"]:.3f}  {s["momentum"]:8.3f}  {s["decay"]:.3f}')
+              f'  {s["step"]:.3f}  {s["momentum"]:8.3f}  {s["decay"]:.3f}  '
+              f'{s["key_coherence"]:13.3f}  {s["query_alignment"]:15.3f}')
 
     seen, surprise = capture(backbone, x)
     for stage, maps in sorted(seen.items()):
