@@ -74,6 +74,17 @@ VARIANTS = {
     'memory fusion=add ls=1': dict(DENSE, fusion='add', layer_scale_init_value=1.0),
     'memory cls-settings group=all ls=1': dict(CLS, chunks_per_group=None,
                                                layer_scale_init_value=1.0),
+    # the paper's ablations around the shipped memory (one group per stage); C_m 16 and 64 halve
+    # and double M1's 32, as the paper's 64 / 256 do M3's 128 (C_m 16 as one head of 16)
+    'memory group=all fusion=add': dict(DENSE, chunks_per_group=None, fusion='add'),
+    'memory group=all read=prev': dict(DENSE, chunks_per_group=None, read_mode='prev'),
+    'memory group=all type=mlp': dict(DENSE, chunks_per_group=None, memory_type='mlp'),
+    'memory group=all placement=block': dict(DENSE, chunks_per_group=None,
+                                             memory_placement='block'),
+    'memory group=all C_m=16': dict(DENSE, chunks_per_group=None, arch=dict(
+        ConvNeur.arch_zoo['m1'], memory_dim=16, head_dim=16)),
+    'memory group=all C_m=64': dict(DENSE, chunks_per_group=None, arch=dict(
+        ConvNeur.arch_zoo['m1'], memory_dim=64)),
     'memory center': dict(DENSE, center_keys=True),
     # the same under the default grouping since 2026-12 (one group per stage)
     'memory center group=all': dict(DENSE, center_keys=True, chunks_per_group=None),
@@ -265,7 +276,8 @@ def summarize(args, jobs):
                   '| the reads\' response to the cross: at init → after training |',
                   '|---|---|---|---|---|---|---|']
         results = {}
-        for variant in dict.fromkeys(j[1] for j in jobs if j[0] == task):
+        # the reference's row too, so that its comparisons have it beside them
+        for variant in dict.fromkeys([j[1] for j in jobs if j[0] == task] + [args.reference]):
             rs = [json.load(open(p)) for p in (find_result(args, (task, variant, s))
                                                 for s in args.seeds) if p]
             if not rs:
@@ -277,15 +289,17 @@ def summarize(args, jobs):
                          f'({fmt([r["val"]["accuracy"] for r in rs])}) | '
                          f'{learned(rs)} of {len(rs)} | {ws_cell} | '
                          f'{response_cell(rs)} |')
-        # every variant against the local-only model: does it carry scene context beyond the CI?
-        reference = results.get('local', [])
+        # every variant against the reference (the local-only model unless --reference says
+        # otherwise): is it separated beyond the CIs?
+        ref = args.reference
+        reference = results.get(ref, [])
         for other, rs in results.items():
-            if other == 'local' or len(rs) < 2 or len(reference) < 2:
+            if other == ref or len(rs) < 2 or len(reference) < 2:
                 continue
             side = separated([r['test']['accuracy'] for r in rs],
                              [r['test']['accuracy'] for r in reference])
-            verdict = {'a': f'{other} higher', 'b': 'local higher', None: 'not separated'}[side]
-            line = f'\n{other} vs local: {verdict} (95% CIs)'
+            verdict = {'a': f'{other} higher', 'b': f'{ref} higher', None: 'not separated'}[side]
+            line = f'\n{other} vs {ref}: {verdict} (95% CIs)'
             if learned(rs) or learned(reference):
                 # a seed learns the task or it does not: the counts' exact test says more than
                 # a t interval over all-or-nothing accuracies
@@ -329,6 +343,9 @@ def main():
         'CONVNEUR_CACHE', str(Path.home() / '.cache' / 'convneur-mm')) + '/downloads')
     parser.add_argument('--list', action='store_true', help='print the runs and exit')
     parser.add_argument('--summary', action='store_true', help='print the tables and exit')
+    parser.add_argument('--reference', default='local', metavar='NAME',
+                        help='the variant every other one is compared with in the tables '
+                             '(default: %(default)s)')
     parser.add_argument('--sensitivity', action='store_true',
                         help='print, per variant and seed at initialisation, how much each '
                              'memory\'s map and the head\'s input change at the items when the '
@@ -336,7 +353,7 @@ def main():
     parser.add_argument('--single', nargs=3, metavar=('TASK', 'VARIANT', 'SEED'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants + [args.reference] if v not in VARIANTS]
     if unknown:
         parser.error(f'unknown variants {unknown}; expected any of {list(VARIANTS)}')
     if args.size < 64 or args.iters < 1 or args.batch < 1 or args.scale <= 0:
