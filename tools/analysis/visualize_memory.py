@@ -111,7 +111,8 @@ def main():
         model.init_weights()
     finally:
         logger.setLevel(level)
-    untrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    untrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()
+                 } if args.reset_to_init else {}
     if args.checkpoint != 'init':
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
