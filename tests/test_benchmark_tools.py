@@ -73,6 +73,11 @@ def test_benchmark_baseline_builds_a_revisions_convneur_beside_this_one():
     out = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models',
                           'convneur-m1-baseline'], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and 'convneur-m1-baseline need --baseline REF' in out.stderr
+    # and a revision with no model to build from it would time nothing from it
+    out = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models',
+                          'convneur-m1', '--baseline', 'HEAD'], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 2 and '--baseline HEAD times nothing unless --models' in out.stderr
 
 
 def test_benchmark_small_run(tmp_path):

@@ -229,6 +229,9 @@ def parse_args():
     if wanted and not args.baseline:
         parser.error(f'{", ".join(wanted)} need --baseline REF (the git revision to build '
                      f'them from)')
+    if args.baseline and not wanted:
+        parser.error(f'--baseline {args.baseline} times nothing unless --models names a '
+                     f'convneur-mX-baseline or convneur-mX-local-baseline model')
     if args.baseline:
         BASELINE['class'] = load_baseline(args.baseline)
     if args.sizes is None:
