@@ -359,6 +359,9 @@ def test_global_context_summary_counts_learned_seeds(tmp_path):
     args.reference = 'memory'
     text = gc.summarize(args, [('odd', 'local', s) for s in range(3)])
     assert '| memory | 3 |' in text and 'local vs memory: memory higher (95% CIs)' in text
+    out = subprocess.run([sys.executable, str(REPO / 'tools/global_context.py'), '--summary',
+                          '--reference', 'nope'], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "--reference 'nope' is not a variant" in out.stderr
 
 
 def test_global_context_ignored_cross_runs_apart(tmp_path):

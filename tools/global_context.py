@@ -353,9 +353,12 @@ def main():
     parser.add_argument('--single', nargs=3, metavar=('TASK', 'VARIANT', 'SEED'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = [v for v in args.variants + [args.reference] if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f'unknown variants {unknown}; expected any of {list(VARIANTS)}')
+    if args.reference not in VARIANTS:
+        parser.error(f'--reference {args.reference!r} is not a variant; expected one of '
+                     f'{list(VARIANTS)}')
     if args.size < 64 or args.iters < 1 or args.batch < 1 or args.scale <= 0:
         parser.error('--size must be >= 64, --iters and --batch >= 1, --scale > 0')
     if not 4 <= args.marker <= args.size // 4:
