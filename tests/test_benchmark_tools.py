@@ -52,6 +52,29 @@ def test_benchmark_compiled_rows_are_the_same_networks_compiled():
         assert all(m.compile for m in memories) and not any(s.memory.compile for s in eager.stages)
 
 
+def test_benchmark_peers_from_timm(monkeypatch):
+    """--peer-library timm builds the same peers through timm (faked here: timm is not pinned),
+    and names the peers it lacks."""
+    built = []
+    fake = types.ModuleType('timm')
+    fake.create_model = lambda name, **kwargs: built.append((name, kwargs)) or nn.Identity()
+    monkeypatch.setitem(sys.modules, 'timm', fake)
+    benchmark = load_tool('benchmark')
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--peer-library', 'timm', '--models',
+                                      'convneur-m1', 'convnextv2-atto', 'deit-tiny'])
+    args = benchmark.parse_args()
+    for name in args.models[1:]:
+        assert isinstance(benchmark.MODELS[name][1](), nn.Identity)
+    assert [name for name, _ in built] == ['convnextv2_atto', 'deit_tiny_patch16_224']
+    assert all(kw['pretrained'] is False and kw['num_classes'] == 0 for _, kw in built)
+    assert built[1][1]['dynamic_img_size'] is True
+    assert benchmark.MODELS['convnextv2-atto'][0] == 'conv'  # the targets still find the peers
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--peer-library', 'timm', '--models',
+                                      'swin-tiny'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args()
+
+
 def test_benchmark_baseline_builds_a_revisions_convneur_beside_this_one():
     from convneur_mm import ConvNeur
     benchmark = load_tool('benchmark')

@@ -89,6 +89,26 @@ def test_compile_memory_matches_eager_forward_and_backward(chunks_per_group):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
+def test_every_compiled_memory_stays_compiled(monkeypatch):
+    """More compiled graphs than torch.compile keeps per code object (8): none falls back to
+    eager. Dynamo's own backend ('eager') keeps this fast; the cap is dynamo's, not inductor's."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda fn, **kw: compile_(fn, backend='eager', **kw))
+    torch._dynamo.reset()
+    memories = [NeuralMemory(16 * (i + 1), 16, head_dim=16, chunk_size=16, compile=True)
+                for i in range(5)]
+    traced, eager = [], []
+    for mem in memories:
+        project = mem.project
+        mem.project = lambda x, project=project: (
+            (traced if torch.compiler.is_compiling() else eager).append(1) or project(x))
+    with torch.no_grad():
+        for side in (8, 12):  # a second size: each memory recompiles, dynamically
+            for mem in memories:
+                mem(torch.randn(1, mem.reduce.in_features, side, side))
+    assert len(traced) == 10 and not eager
+
+
 def test_compile_memory_runs_eagerly_while_tracing_and_after_a_failed_compile(monkeypatch):
     model = _model(compile_memory=True)
     x = torch.randn(1, 3, 64, 96)

@@ -162,6 +162,25 @@ MODELS = {
     **{f'{peer}+{gate}-c3c5': ('gated', _gated(PEERS[peer], after, cfg))
        for peer, after in C3_C5_PLACES.items() for gate, cfg in GLOBAL_BRANCHES.items()},
 }
+# The same peers from timm (--peer-library timm), for a machine where mmpretrain and mmdet cannot
+# be installed, such as a GPU box whose torch has no mmcv build. timm's versions of these
+# architectures, without their classifiers.
+TIMM_PEERS = {'resnet18': 'resnet18', 'resnet50': 'resnet50',
+              **{f'convnextv2-{a}': f'convnextv2_{a}' for a in ('atto', 'femto', 'pico', 'nano')},
+              **{f'pvtv2-b{i}': f'pvt_v2_b{i}' for i in range(3)},
+              'deit-tiny': 'deit_tiny_patch16_224', 'deit-small': 'deit_small_patch16_224',
+              'poolformer-s12': 'poolformer_s12'}
+
+
+def _timm(name):
+    def build():
+        import timm
+        # ViTs take other input sizes by interpolating their position embeddings
+        extra = dict(dynamic_img_size=True) if name.startswith('deit') else {}
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool='', **extra)
+    return build
+
+
 QUICK_MODELS = ['convneur-m1', 'convneur-m2', 'convneur-m1-compiled', 'convneur-m2-compiled',
                 'convneur-m1-local', 'convneur-m2-local', 'resnet18', 'convnextv2-atto',
                 'convnextv2-femto', 'pvtv2-b0', 'deit-tiny']
@@ -214,11 +233,15 @@ def parse_args():
                         metavar='KEY=VALUE',
                         help='ConvNeur arguments for every ConvNeur model, e.g. read_mode=prev')
     parser.add_argument('--profile', nargs='+', default=[], metavar='NAME', choices=sorted(MODELS),
-                        help='also print a torch.profiler table (operators by self CPU time) of '
-                             'these models at every size, written to profile_<name>_<size>.txt')
+                        help='also print a torch.profiler table (operators by self CPU time; on a '
+                             'GPU by device time, of the batched pass) of these models at every '
+                             'size, written to profile_<name>_<size>.txt')
     parser.add_argument('--baseline', metavar='REF',
                         help='a git revision (commit, tag, branch) whose ConvNeur the '
                              'convneur-mX-baseline and convneur-mX-local-baseline models build')
+    parser.add_argument('--peer-library', choices=('openmmlab', 'timm'), default='openmmlab',
+                        help='where the peers come from: mmpretrain and mmdet (default), or timm '
+                             f'(models {", ".join(TIMM_PEERS)})')
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--no-plots', action='store_true')
     args = parser.parse_args()
@@ -232,6 +255,14 @@ def parse_args():
     if args.baseline and not wanted:
         parser.error(f'--baseline {args.baseline} times nothing unless --models names a '
                      f'convneur-mX-baseline or convneur-mX-local-baseline model')
+    if args.peer_library == 'timm':
+        missing = [m for m in args.models
+                   if not MODELS[m][0].startswith('convneur') and m not in TIMM_PEERS]
+        if missing:
+            parser.error(f'--peer-library timm has no {", ".join(missing)}; its peers are '
+                         f'{", ".join(TIMM_PEERS)}')
+        for name, timm_name in TIMM_PEERS.items():
+            MODELS[name] = (MODELS[name][0], _timm(timm_name))
     if args.baseline:
         BASELINE['class'] = load_baseline(args.baseline)
     if args.sizes is None:
@@ -303,13 +334,19 @@ def peak_memory(fn, device):
     return peak
 
 
-def profile(name, size, forward, out):
-    """Operators of three forward passes by self CPU time, printed and saved."""
-    with quiet_stderr(), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+def profile(name, size, forward, out, device):
+    """Operators of three forward passes by self time (CPU; on a GPU, time on the device),
+    printed and saved."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with quiet_stderr(), torch.profiler.profile(activities=activities) as prof:
         for _ in range(3):
             forward()
-    table = prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=20)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    key = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f'profile_{name}_{size}.txt').write_text(table)
     log(f'  profile of {name} at {size} (3 passes):\n{table}')
@@ -383,6 +420,8 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # each model and input size picks its kernels
     timer = Timer(device)
     log(f'device: {device} ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}), '
         f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
@@ -467,7 +506,10 @@ def run(args):
             if res['clock'] is not None:
                 res['clock'].remove()
             if batch > 1:
-                forward_batch = make_forward(models[name], res['x'].repeat(batch, 1, 1, 1), device)
+                xb = res['x'].repeat(batch, 1, 1, 1)
+                if device.type == 'cuda':
+                    xb = xb.to(memory_format=torch.channels_last)
+                forward_batch = make_forward(models[name], xb, device)
                 forward_batch()
                 res['throughput'] = batch / statistics.median(timer(forward_batch) for _ in range(3))
             log(f'  {name:<20} {res["latency_ms"]:9.1f} ms (spread {res["spread_ms"]:.1f}), '
@@ -477,7 +519,10 @@ def run(args):
                 + (f', forward+backward {res["train_ms"]:.1f} ms' if res['train_ms'] else '')
                 + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else ''))
             if name in args.profile:
-                profile(name, size, res['forward'], args.out)
+                # on a GPU the batched pass, where kernels rather than launches take the time
+                profile(f'{name}_b{batch}' if device.type == 'cuda' and batch > 1 else name, size,
+                        forward_batch if device.type == 'cuda' and batch > 1 else res['forward'],
+                        args.out, device)
             for key in ('forward', 'x', 'times', 'train_times', 'train_step', 'memory_times',
                         'clock'):
                 del res[key]
@@ -577,7 +622,10 @@ def write_outputs(rows, device, args):
     checks = targets(rows, fitted)
     machine = (torch.cuda.get_device_name() if device.type == 'cuda'
                else f'CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible)')
-    lines = [f'Machine: {machine}; torch {torch.__version__}; {args.rounds} interleaved rounds, '
+    peers = ('mmpretrain / mmdet' if args.peer_library == 'openmmlab'
+             else f'timm {importlib.import_module("timm").__version__}')
+    lines = [f'Machine: {machine}; torch {torch.__version__}; peers from {peers}; '
+             f'{args.rounds} interleaved rounds, '
              f'median latency.', '', f'Command: `python tools/benchmark.py {" ".join(sys.argv[1:])}`',
              '']
     for size in args.sizes:

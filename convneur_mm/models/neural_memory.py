@@ -25,6 +25,7 @@ loop is an ordinary differentiable graph: it works with checkpointing, tracing, 
 and the outer optimiser trains the projections, the gates and the learned initial weights through it.
 """
 import math
+import types
 import warnings
 
 import torch
@@ -417,7 +418,7 @@ class NeuralMemory(nn.Module):
         """(B, C, H, W) -> (B, C, H, W): see the class docstring."""
         if self.compile and self._compiled is not False and not self._must_run_eagerly():
             if self._compiled is None:
-                self._compiled = torch.compile(self._forward, dynamic=None)
+                self._compiled = torch.compile(self._own_forward(), dynamic=None)
             try:
                 return self._compiled(x)
             except Exception as error:
@@ -427,6 +428,19 @@ class NeuralMemory(nn.Module):
                               f'it eagerly from now on')
                 self._compiled = False
         return self._forward(x)
+
+    def _own_forward(self):
+        """``self._forward`` with a code object of its own.
+
+        torch.compile keeps compiled graphs per code object and caps them (8 by default). Shared
+        by all memories, that cap sends the ninth compiled graph of a process (four stages of a
+        second model, a new input size) back to eager without an error, and every call checks
+        the guards of every other memory's graphs first.
+        """
+        fn = NeuralMemory._forward
+        own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                                 fn.__defaults__, fn.__closure__)
+        return types.MethodType(own, self)
 
     def _must_run_eagerly(self):
         return (torch.jit.is_tracing() or torch.jit.is_scripting()

@@ -1,0 +1,112 @@
+"""The CUDA path: the memory and the backbone on a GPU give what they give on the CPU.
+
+These run only where torch sees a CUDA device (they are reported as skipped elsewhere); the CPU
+tests cover the GPU benchmark's layout and precision (channels_last, fp16) on the CPU.
+"""
+import pytest
+import torch
+
+from convneur_mm import ConvNeur, MemoryGate, NeuralMemory
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+MEMORIES = {
+    'one group': dict(),
+    'sequential, prev reads': dict(chunks_per_group=1, read_mode='prev'),
+    'groups of 2, clip, mlp': dict(chunks_per_group=2, grad_clip=1.0, memory_type='mlp'),
+    'centred keys, global query': dict(center_keys=True, global_query=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """TF32 matmuls would differ from the CPU by ~1e-3: compare fp32 with fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def forward_backward(module, x):
+    """Output and the gradients of the input and of every parameter, on the CPU."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    sum((o * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum()
+        for o in outs).backward()
+    # copies: moving the module to the GPU afterwards moves its .grad tensors in place
+    grads = {n: p.grad.to('cpu', copy=True) for n, p in module.named_parameters()
+             if p.grad is not None}
+    return [o.detach().to('cpu', copy=True) for o in outs], x.grad.to('cpu', copy=True), grads
+
+
+def assert_same(a, b, rtol=1e-4, atol=1e-5):
+    outs_a, dx_a, grads_a = a
+    outs_b, dx_b, grads_b = b
+    for oa, ob in zip(outs_a, outs_b):
+        torch.testing.assert_close(oa, ob, rtol=rtol, atol=atol)
+    torch.testing.assert_close(dx_a, dx_b, rtol=rtol, atol=atol)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('name', list(MEMORIES))
+def test_memory_on_cuda_matches_cpu(name):
+    torch.manual_seed(0)
+    # 99 tokens in chunks of 20: four full chunks and a padded one
+    mem = NeuralMemory(48, 32, head_dim=16, chunk_size=20, **MEMORIES[name]).double()
+    x = torch.randn(2, 48, 9, 11, dtype=torch.double)
+    cpu = forward_backward(mem, x)
+    gpu = forward_backward(mem.cuda(), x.cuda())
+    assert_same(cpu, gpu, rtol=1e-9, atol=1e-10)
+
+
+def test_compiled_memory_on_cuda_matches_eager():
+    torch.manual_seed(0)
+    mem = NeuralMemory(48, 32, head_dim=16, chunk_size=20).cuda()
+    x = torch.randn(2, 48, 9, 11, device='cuda')
+    eager = forward_backward(mem, x)
+    mem.compile = True
+    compiled = forward_backward(mem, x)
+    assert mem._compiled not in (None, False)  # it really compiled, no silent eager fallback
+    assert_same(eager, compiled, rtol=1e-3, atol=1e-4)  # fused kernels sum in another order
+
+
+def test_memory_gate_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    gate = MemoryGate(40, memory_dim=32, head_dim=16, chunk_size=30).double()
+    x = torch.randn(2, 40, 8, 12, dtype=torch.double)
+    assert_same(forward_backward(gate, x), forward_backward(gate.cuda(), x.cuda()),
+                rtol=1e-9, atol=1e-10)
+
+
+def test_backbone_train_step_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64, out_indices=(0, 1, 2, 3))
+    model.train().double()
+    x = torch.randn(2, 3, 96, 128, dtype=torch.double)
+    cpu = forward_backward(model, x)
+    gpu = forward_backward(model.cuda(), x.cuda())
+    assert_same(cpu, gpu, rtol=1e-8, atol=1e-10)
+
+
+def test_fp16_autocast_channels_last_on_cuda():
+    """What tools/benchmark.py runs on a GPU: finite, close to fp32, memory state in fp32."""
+    torch.manual_seed(0)
+    model = ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64).cuda().eval()
+    x = torch.randn(2, 3, 96, 128, device='cuda')
+    seen = []
+    orig = model.stages[0].memory.memory.normalized
+    with torch.inference_mode():
+        ref = model(x)
+        model.to(memory_format=torch.channels_last)
+        model.stages[0].memory.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+        with torch.autocast('cuda', torch.float16):
+            low = model(x.to(memory_format=torch.channels_last))
+    assert seen and set(seen) == {torch.float32}
+    for a, b in zip(ref, low):
+        assert torch.isfinite(b).all()
+        assert (a - b.float()).norm() / a.norm() < 0.05
