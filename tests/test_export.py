@@ -89,6 +89,28 @@ def test_compile_memory_matches_eager_forward_and_backward(chunks_per_group):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+def test_compiled_memory_trains_under_autocast_at_changing_sizes():
+    """What training with compile_memory=True does: bf16 autocast, a new input size per batch
+    (the second compiles a dynamic graph, the third reuses it), forward and backward."""
+    torch.manual_seed(0)
+    eager = NeuralMemory(32, 32, head_dim=16, chunk_size=16).train()
+    compiled = copy.deepcopy(eager)
+    compiled.compile = True
+    for h, w in ((8, 8), (12, 10), (6, 14)):
+        x = torch.randn(2, 32, h, w)
+        grads = []
+        for mem in (eager, compiled):
+            mem.zero_grad(set_to_none=True)
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                out = mem(x)
+            out.float().square().mean().backward()
+            grads.append([p.grad for p in mem.parameters()])
+        assert compiled._compiled not in (None, False)
+        for (name, _), a, b in zip(eager.named_parameters(), *grads):
+            torch.testing.assert_close(a, b, rtol=0.05, atol=1e-3, msg=f'{name} at {h}x{w}')
+
+
 def test_every_compiled_memory_stays_compiled(monkeypatch):
     """More compiled graphs than torch.compile keeps per code object (8): none falls back to
     eager. Dynamo's own backend ('eager') keeps this fast; the cap is dynamo's, not inductor's."""
