@@ -53,15 +53,26 @@ def assert_same(a, b, rtol=1e-4, atol=1e-5):
                                    msg=lambda m, name=name: f'{name}: {m}')
 
 
-@pytest.mark.parametrize('name', list(MEMORIES))
-def test_memory_on_cuda_matches_cpu(name):
+# name: (module builder, input shape). 99 tokens in chunks of 20 for the memories: four full
+# chunks and a padded one.
+CASES = {
+    **{f'memory, {name}': (lambda kw=kw: NeuralMemory(48, 32, head_dim=16, chunk_size=20, **kw),
+                           (2, 48, 9, 11)) for name, kw in MEMORIES.items()},
+    'memory gate': (lambda: MemoryGate(40, memory_dim=32, head_dim=16, chunk_size=30),
+                    (2, 40, 8, 12)),
+    'M1, training': (lambda: ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64),
+                     (2, 3, 96, 128)),
+}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_cuda_matches_cpu_in_float64(name):
+    build, shape = CASES[name]
     torch.manual_seed(0)
-    # 99 tokens in chunks of 20: four full chunks and a padded one
-    mem = NeuralMemory(48, 32, head_dim=16, chunk_size=20, **MEMORIES[name]).double()
-    x = torch.randn(2, 48, 9, 11, dtype=torch.double)
-    cpu = forward_backward(mem, x)
-    gpu = forward_backward(mem.cuda(), x.cuda())
-    assert_same(cpu, gpu, rtol=1e-9, atol=1e-10)
+    module = build().double().train()
+    x = torch.randn(*shape, dtype=torch.double)
+    assert_same(forward_backward(module, x), forward_backward(module.cuda(), x.cuda()),
+                rtol=1e-8, atol=1e-10)
 
 
 def test_compiled_memory_on_cuda_matches_eager():
@@ -73,24 +84,6 @@ def test_compiled_memory_on_cuda_matches_eager():
     compiled = forward_backward(mem, x)
     assert mem._compiled not in (None, False)  # it really compiled, no silent eager fallback
     assert_same(eager, compiled, rtol=1e-3, atol=1e-4)  # fused kernels sum in another order
-
-
-def test_memory_gate_on_cuda_matches_cpu():
-    torch.manual_seed(0)
-    gate = MemoryGate(40, memory_dim=32, head_dim=16, chunk_size=30).double()
-    x = torch.randn(2, 40, 8, 12, dtype=torch.double)
-    assert_same(forward_backward(gate, x), forward_backward(gate.cuda(), x.cuda()),
-                rtol=1e-9, atol=1e-10)
-
-
-def test_backbone_train_step_on_cuda_matches_cpu():
-    torch.manual_seed(0)
-    model = ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64, out_indices=(0, 1, 2, 3))
-    model.train().double()
-    x = torch.randn(2, 3, 96, 128, dtype=torch.double)
-    cpu = forward_backward(model, x)
-    gpu = forward_backward(model.cuda(), x.cuda())
-    assert_same(cpu, gpu, rtol=1e-8, atol=1e-10)
 
 
 def test_fp16_autocast_channels_last_on_cuda():
