@@ -95,8 +95,7 @@ def test_compiled_memory_trains_under_autocast_at_changing_sizes():
     (the second compiles a dynamic graph, the third reuses it), forward and backward."""
     torch.manual_seed(0)
     eager = NeuralMemory(32, 32, head_dim=16, chunk_size=16).train()
-    compiled = copy.deepcopy(eager)
-    compiled.compile = True
+    compiled = _compiled_copy(eager)
     for h, w in ((8, 8), (12, 10), (6, 14)):
         x = torch.randn(2, 32, h, w)
         grads = []

@@ -520,9 +520,10 @@ def run(args):
                 + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else ''))
             if name in args.profile:
                 # on a GPU the batched pass, where kernels rather than launches take the time
-                profile(f'{name}_b{batch}' if device.type == 'cuda' and batch > 1 else name, size,
-                        forward_batch if device.type == 'cuda' and batch > 1 else res['forward'],
-                        args.out, device)
+                if device.type == 'cuda' and batch > 1:
+                    profile(f'{name}_b{batch}', size, forward_batch, args.out, device)
+                else:
+                    profile(name, size, res['forward'], args.out, device)
             for key in ('forward', 'x', 'times', 'train_times', 'train_step', 'memory_times',
                         'clock'):
                 del res[key]
