@@ -26,6 +26,16 @@ class PoolMaps(nn.Module):
         return tuple(x.mean((2, 3)) for x in inputs)
 
 
+def record_state_dtypes(memory):
+    """The dtypes of ``memory``'s fast weights (a :class:`NeuralMemory`), one per map it
+    normalises from now on: the list they are appended to, for checking that the state stays
+    fp32 under autocast or half weights."""
+    seen, normalized = [], memory.memory.normalized
+    memory.memory.normalized = lambda weights, *args: seen.append(weights[0].dtype) or normalized(
+        weights, *args)
+    return seen
+
+
 def det_batch(size, num_images=1, labels=(0, 1)):
     """An mmdet batch: ``num_images`` random (3, size, size) images with two boxes/masks each."""
     from mmdet.structures import DetDataSample

@@ -12,6 +12,7 @@ from mmengine.logging import MMLogger
 from convneur_mm import ConvNeur, NeuralMemory
 from convneur_mm.models.convneur import GRN, ConvNeurBlock, PatchifyStem
 from convneur_mm.analysis import PAPER_COMPLEXITY, ConvNeurClassifier, count_flops, count_params
+from convneur_mm.testing import record_state_dtypes
 
 STRIDES = (4, 8, 16, 32)
 
@@ -345,9 +346,7 @@ def test_cuda_benchmark_layout_and_half_weights_on_cpu():
         last = model(x.to(memory_format=torch.channels_last))
         for a, b in zip(ref, last):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        seen = []
-        orig = model.stages[0].memory.memory.normalized
-        model.stages[0].memory.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+        seen = record_state_dtypes(model.stages[0].memory)
         half = model.half()(x.half().to(memory_format=torch.channels_last))
     assert seen and set(seen) == {torch.float32}
     for a, b in zip(ref, half):
@@ -357,9 +356,7 @@ def test_cuda_benchmark_layout_and_half_weights_on_cpu():
 
 def test_memory_state_stays_fp32_under_autocast():
     mem = NeuralMemory(16, 32, head_dim=16, chunk_size=8)
-    seen = []
-    orig = mem.memory.normalized
-    mem.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+    seen = record_state_dtypes(mem)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         mem(torch.randn(1, 16, 6, 6))
     assert seen and set(seen) == {torch.float32}

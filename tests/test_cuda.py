@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from convneur_mm import ConvNeur, MemoryGate, NeuralMemory
+from convneur_mm.testing import record_state_dtypes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
@@ -91,12 +92,10 @@ def test_fp16_autocast_channels_last_on_cuda():
     torch.manual_seed(0)
     model = ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64).cuda().eval()
     x = torch.randn(2, 3, 96, 128, device='cuda')
-    seen = []
-    orig = model.stages[0].memory.memory.normalized
     with torch.inference_mode():
         ref = model(x)
         model.to(memory_format=torch.channels_last)
-        model.stages[0].memory.memory.normalized = lambda w, *a: seen.append(w[0].dtype) or orig(w, *a)
+        seen = record_state_dtypes(model.stages[0].memory)
         with torch.autocast('cuda', torch.float16):
             low = model(x.to(memory_format=torch.channels_last))
     assert seen and set(seen) == {torch.float32}
