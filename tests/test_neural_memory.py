@@ -111,10 +111,12 @@ def test_memory_module_gradcheck():
 
 
 def test_soft_clip_bounds_and_zero():
-    g = torch.randn(3, 4, 5) * torch.tensor([1e-4, 1.0, 1e4]).view(3, 1, 1)
+    g = (torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+         * torch.tensor([1e-4, 1.0, 1e4]).view(3, 1, 1))
     out = soft_clip(g, 2.0)
     norms = out.flatten(1).norm(dim=1)
-    assert torch.all(norms < 2.0)
+    # for a huge gradient tanh is exactly 1 in fp32: the bound is reached (to rounding), not passed
+    assert torch.all(norms <= 2.0 * (1 + 1e-6)) and norms[1] < 2.0
     torch.testing.assert_close(out[0], g[0], rtol=1e-6, atol=0)  # identity for small gradients
     zero = torch.zeros(1, 2, 2, requires_grad=True)
     soft_clip(zero, 1.0).sum().backward()
