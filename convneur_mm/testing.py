@@ -1,5 +1,6 @@
-"""Small synthetic batches, a one-step training check and a parameter dump, for tests; a pooling
-neck for the comparison with peers (tools/compare_real.py).
+"""Small synthetic batches, a one-step training check, a parameter dump and a recorder of the
+memory state's dtype, for tests; a pooling neck for the comparison with peers
+(tools/compare_real.py).
 
 Each builder imports its OpenMMLab task package only when called, so importing this module does not.
 """
