@@ -54,26 +54,26 @@ def assert_same(a, b, rtol=1e-4, atol=1e-5):
                                    msg=lambda m, name=name: f'{name}: {m}')
 
 
-# name: (module builder, input shape). 99 tokens in chunks of 20 for the memories: four full
-# chunks and a padded one.
+# name: (module builder, input shape, rtol). 99 tokens in chunks of 20 for the memories: four
+# full chunks and a padded one. The whole network sums over more terms, hence its looser rtol.
 CASES = {
     **{f'memory, {name}': (lambda kw=kw: NeuralMemory(48, 32, head_dim=16, chunk_size=20, **kw),
-                           (2, 48, 9, 11)) for name, kw in MEMORIES.items()},
+                           (2, 48, 9, 11), 1e-9) for name, kw in MEMORIES.items()},
     'memory gate': (lambda: MemoryGate(40, memory_dim=32, head_dim=16, chunk_size=30),
-                    (2, 40, 8, 12)),
+                    (2, 40, 8, 12), 1e-9),
     'M1, training': (lambda: ConvNeur('m1', layer_scale_init_value=1.0, chunk_size=64),
-                     (2, 3, 96, 128)),
+                     (2, 3, 96, 128), 1e-8),
 }
 
 
 @pytest.mark.parametrize('name', list(CASES))
 def test_cuda_matches_cpu_in_float64(name):
-    build, shape = CASES[name]
+    build, shape, rtol = CASES[name]
     torch.manual_seed(0)
     module = build().double().train()
     x = torch.randn(*shape, dtype=torch.double)
     assert_same(forward_backward(module, x), forward_backward(module.cuda(), x.cuda()),
-                rtol=1e-8, atol=1e-10)
+                rtol=rtol, atol=1e-10)
 
 
 def test_compiled_memory_on_cuda_matches_eager():
