@@ -242,6 +242,12 @@ TABLES = {
     # whether ConvNeXt-V2's stem also lifts the whole M1, memory and layer scale included
     'stem-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 stem=patchify',
                                                  'convnextv2-atto'], reference='convneur-m1'),
+    # and the same three in segmentation from scratch and in pre-training: whether the stem's
+    # detection gain holds in the other tasks before a from-scratch recipe adopts it
+    'stem-seg': dict(tasks=['scenes-seg'], runs=['convneur-m1', 'm1 stem=patchify',
+                                                 'convnextv2-atto'], reference='convneur-m1'),
+    'stem-cls': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 stem=patchify',
+                                                 'convnextv2-atto'], reference='convneur-m1'),
     # what centred keys (and the global read that carried the one-bit scene task) do to
     # detection from scratch, read against M1
     'center-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 center_keys',
