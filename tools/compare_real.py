@@ -6,9 +6,7 @@
     python tools/compare_real.py --list          # what would run
 
 The scenes protocol, the paper's in miniature (Fashion-MNIST scenes, tools/prepare_data.py), one
-command per table (``TABLES``: pretraining, recipe, recipe-det, ablations, ablations-det-ft,
-local-det, stem-det, seg-ft, det-ft, seg, det, plugins-resnet18, plugins-convnextv2-atto), each
-sized for about 90 minutes on 2 cores:
+command per table (``TABLES``, listed by ``--help``), each sized for about 90 minutes on 2 cores:
 
     python tools/compare_real.py --table pretraining               # pre-train on the 60k images
     python tools/compare_real.py --table seg-ft                    # fine-tune the segmenters
@@ -239,15 +237,11 @@ TABLES = {
     'local-det': dict(tasks=['scenes-det'], runs=['m1 placement=none layer_scale=off',
                                                   *LOCAL_BODY, 'convnextv2-atto'],
                       reference='m1 placement=none layer_scale=off'),
-    # whether ConvNeXt-V2's stem also lifts the whole M1, memory and layer scale included
-    'stem-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 stem=patchify',
-                                                 'convnextv2-atto'], reference='convneur-m1'),
-    # and the same three in segmentation from scratch and in pre-training: whether the stem's
-    # detection gain holds in the other tasks before a from-scratch recipe adopts it
-    'stem-seg': dict(tasks=['scenes-seg'], runs=['convneur-m1', 'm1 stem=patchify',
-                                                 'convnextv2-atto'], reference='convneur-m1'),
-    'stem-cls': dict(tasks=['scenes-cls'], runs=['convneur-m1', 'm1 stem=patchify',
-                                                 'convnextv2-atto'], reference='convneur-m1'),
+    # whether ConvNeXt-V2's stem also lifts the whole M1, memory and layer scale included, in
+    # detection and segmentation from scratch and in pre-training
+    **{f'stem-{k}': dict(tasks=[f'scenes-{k}'], reference='convneur-m1',
+                         runs=['convneur-m1', 'm1 stem=patchify', 'convnextv2-atto'])
+       for k in ('det', 'seg', 'cls')},
     # what centred keys (and the global read that carried the one-bit scene task) do to
     # detection from scratch, read against M1
     'center-det': dict(tasks=['scenes-det'], runs=['convneur-m1', 'm1 center_keys',
