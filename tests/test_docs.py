@@ -1,4 +1,5 @@
 """The docs link to each other by heading anchors; a renamed heading must not leave a dead link."""
+import functools
 import os.path as osp
 import re
 
@@ -14,6 +15,7 @@ def anchor(heading):
     return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
 
 
+@functools.lru_cache(maxsize=None)  # read each linked document once, not once per link
 def anchors(path):
     with open(path, encoding='utf-8') as f:
         return {anchor(line.lstrip('#')) for line in f if line.startswith('#')}
