@@ -320,6 +320,12 @@ def test_probe_variants_build_what_their_names_say():
     assert [(s.memory.num_heads, s.memory.head_dim) for s in narrow.stages] == [(1, 16)] * 2
     assert [(s.memory.num_heads, s.memory.head_dim) for s in wide.stages] == [(2, 32)] * 2
     assert all(s.memory.chunks_per_group is None for s in narrow.stages + wide.stages)
+    # the plug-in gates after each probed stage, or on its input (what ConvNeur's memory reads)
+    after = gc.build('convnextv2-atto memory-gate', 2).backbone
+    before = gc.build('convnextv2-atto memory-gate before', 2).backbone
+    assert after.after == ['stages.0', 'stages.1']
+    assert before.after == ['downsample_layers.0', 'downsample_layers.1']
+    assert [g.memory.chunk_size for g in before.gates.values()] == [4096, 4096]
 
 
 def test_fisher_exact_test_of_learned_seeds():

@@ -118,6 +118,13 @@ VARIANTS = {
     'convnextv2-atto memory-gate center global': ('convnextv2-atto',
                                                   dict(center_keys=True, global_query=True)),
     'convnextv2-atto gcnet': ('convnextv2-atto', dict(type='ContextBlock', ratio=1 / 4)),
+    # the gates on each probed stage's input (after its downsampling layer), the map ConvNeur's
+    # stage memory reads, so that the stage's blocks work on the gated map
+    'convnextv2-atto memory-gate before': ('convnextv2-atto', dict(), 'downsample_layers.{i}'),
+    # the same plug-in on ConvNeur-M1's own local network: against 'memory group=all' (the same
+    # memory, C_m and places), only the fusion differs: the stream gated once per stage, not
+    # every block's branch
+    'local memory-gate before': ('local', dict(), 'stages.{i}.downsample'),
     # positive control of the marker task: the local-only model, whose head is also given the
     # answer's ingredient, max over the image of (red - green)
     'oracle': 'oracle',
@@ -151,14 +158,18 @@ def build(variant, stages):
         backbone = ConvNeXt(**ATTO, out_indices=out)
         backbone.init_weights()
         channels = [40, 80, 160, 320][:stages]
-    elif isinstance(spec, tuple):  # ('convnextv2-atto', gate): a gate after each probed stage
+    elif isinstance(spec, tuple):  # (host, gate[, where]): a gate per probed stage
         import mmcv.cnn  # noqa: F401  (registers GCNet's ContextBlock)
         import mmpretrain.models  # noqa: F401
         from convneur_mm import MemoryGated
-        backbone = MemoryGated(dict(type='mmpretrain.ConvNeXt', **ATTO, out_indices=out),
-                               after=[f'stages.{i}' for i in range(stages)], gate=spec[1])
+        host, gate, where = (*spec, 'stages.{i}')[:3]
+        host = (dict(type='convneur_mm.ConvNeur', **VARIANTS[host]) if host == 'local'
+                else dict(type='mmpretrain.ConvNeXt', **ATTO))
+        backbone = MemoryGated(dict(host, out_indices=out),
+                               after=[where.format(i=i) for i in range(stages)], gate=gate)
         backbone.init_weights()
-        channels = [40, 80, 160, 320][:stages]
+        channels = backbone.backbone.out_channels if host['type'].endswith('ConvNeur') \
+            else [40, 80, 160, 320][:stages]
     else:
         from mmdet.models.backbones import PyramidVisionTransformerV2
         backbone = PyramidVisionTransformerV2(embed_dims=32, num_layers=[2, 2, 2, 2],
