@@ -326,6 +326,15 @@ def test_probe_variants_build_what_their_names_say():
     assert after.after == ['stages.0', 'stages.1']
     assert before.after == ['downsample_layers.0', 'downsample_layers.1']
     assert [g.memory.chunk_size for g in before.gates.values()] == [4096, 4096]
+    # on M1's local network, the built-in memories' exact arguments on the same maps
+    plugged = gc.build('local memory-gate before', 2).backbone
+    built_in = gc.build('memory group=all', 2).backbone
+    assert plugged.after == ['stages.0.downsample', 'stages.1.downsample']
+    assert all(s.memory is None for s in plugged.backbone.stages)
+    assert [g.memory.extra_repr() for g in plugged.gates.values()] == \
+        [s.memory.extra_repr() for s in built_in.stages]
+    assert [g.memory.reduce.in_features for g in plugged.gates.values()] == \
+        [s.memory.reduce.in_features for s in built_in.stages]
 
 
 def test_fisher_exact_test_of_learned_seeds():
