@@ -122,8 +122,8 @@ VARIANTS = {
     # stage memory reads, so that the stage's blocks work on the gated map
     'convnextv2-atto memory-gate before': ('convnextv2-atto', dict(), 'downsample_layers.{i}'),
     # the same plug-in on ConvNeur-M1's own local network: against 'memory group=all' (the same
-    # memory, C_m and places), only the fusion differs: the stream gated once per stage, not
-    # every block's branch
+    # memory, C_m and places), only the fusion and its initialisation differ: the stream gated
+    # once per stage from a zero projection, not every block's branch
     'local memory-gate before': ('local', dict(), 'stages.{i}.downsample'),
     # positive control of the marker task: the local-only model, whose head is also given the
     # answer's ingredient, max over the image of (red - green)
@@ -134,6 +134,7 @@ DEFAULT_VARIANTS = ('memory', 'memory center', 'local', 'convnextv2-atto', 'pvtv
 
 # ----------------------------------------------------------------------------- models
 ATTO = dict(arch='atto', **CONVNEXTV2, gap_before_final_norm=False)
+ATTO_CHANNELS = [40, 80, 160, 320]
 
 
 def build(variant, stages):
@@ -157,19 +158,20 @@ def build(variant, stages):
         from mmpretrain.models import ConvNeXt
         backbone = ConvNeXt(**ATTO, out_indices=out)
         backbone.init_weights()
-        channels = [40, 80, 160, 320][:stages]
+        channels = ATTO_CHANNELS[:stages]
     elif isinstance(spec, tuple):  # (host, gate[, where]): a gate per probed stage
         import mmcv.cnn  # noqa: F401  (registers GCNet's ContextBlock)
         import mmpretrain.models  # noqa: F401
         from convneur_mm import MemoryGated
         host, gate, where = (*spec, 'stages.{i}')[:3]
-        host = (dict(type='convneur_mm.ConvNeur', **VARIANTS[host]) if host == 'local'
-                else dict(type='mmpretrain.ConvNeXt', **ATTO))
+        if host == 'local':
+            host, channels = dict(type='convneur_mm.ConvNeur', **VARIANTS['local']), None
+        else:
+            host, channels = dict(type='mmpretrain.ConvNeXt', **ATTO), ATTO_CHANNELS[:stages]
         backbone = MemoryGated(dict(host, out_indices=out),
                                after=[where.format(i=i) for i in range(stages)], gate=gate)
         backbone.init_weights()
-        channels = backbone.backbone.out_channels if host['type'].endswith('ConvNeur') \
-            else [40, 80, 160, 320][:stages]
+        channels = channels or backbone.backbone.out_channels
     else:
         from mmdet.models.backbones import PyramidVisionTransformerV2
         backbone = PyramidVisionTransformerV2(embed_dims=32, num_layers=[2, 2, 2, 2],
