@@ -107,6 +107,53 @@ def _train_step_changes_output(model, x):
     assert any((a - b).abs().max() > 1e-6 for a, b in zip(after, before))
 
 
+BLOCK_HOSTS = {
+    'mmpretrain ConvNeXt-V2-atto': (WRAPPED['mmpretrain ConvNeXt-V2-atto'][0],
+                                    ['stages.0', 'stages.1', 'stages.2', 'stages.3']),
+    # a strided first block passes ungated; the gate is read from the second block's input
+    'mmdet ResNet-18': WRAPPED['mmdet ResNet-18'],
+    # ConvNeur's local network: the plug-in where the built-in stage memory would be
+    'ConvNeur-M1 without memory': (dict(type='convneur_mm.ConvNeur', memory_placement='none',
+                                        layer_scale_init_value=1.0),
+                                   [f'stages.{i}.blocks' for i in range(4)]),
+}
+
+
+@pytest.mark.parametrize('name', list(BLOCK_HOSTS))
+def test_block_gates_are_the_identity_at_init_then_train(name):
+    backbone, blocks = BLOCK_HOSTS[name]
+    gated, plain = _pretrained_pair(dict(type='convneur_mm.MemoryGated', backbone=backbone,
+                                         blocks=blocks), backbone)
+    assert len(gated.gates) == 4
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        for a, b in zip(_outputs(gated, x), _outputs(plain, x)):
+            # x + 1 * (block(x) - x) rounds where block(x) does not
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    _train_step_changes_output(gated, x)
+    copy.deepcopy(gated)(x)  # no gate map is left on the hooks after a forward pass
+
+
+def test_block_gates_scale_every_blocks_update_by_the_first_blocks_map():
+    """Against a hand-written stage 1 of ConvNeXt-V2-atto: one gate map from the stage's input,
+    x <- x + gate * (block(x) - x) for each block."""
+    backbone, _ = WRAPPED['mmpretrain ConvNeXt-V2-atto']
+    gated, plain = _pretrained_pair(dict(type='convneur_mm.MemoryGated', backbone=backbone,
+                                         blocks=['stages.1']), backbone)
+    gate = gated.gates['stages_1']
+    with torch.no_grad():
+        gate.memory.proj.weight.normal_(0, 0.5)
+        gate.scale.uniform_(0.5, 1.5)
+        x = torch.randn(1, 3, 96, 128)
+        h = plain.stages[0](plain.downsample_layers[0](x))
+        h = plain.downsample_layers[1](h)
+        factor = gate.factor(h)
+        assert (factor - 1).abs().mean() > 0.1  # the check below would not see a weak gate
+        for block in plain.stages[1]:
+            h = h + factor * (block(h) - h)
+        torch.testing.assert_close(gated(x)[1], plain.norm1(h))
+
+
 @pytest.mark.parametrize('gate', [dict(type='ContextBlock', ratio=1 / 4), dict(type='NonLocal2d')])
 def test_wrapper_places_other_plugin_layers_too(gate):
     """GCNet's ContextBlock and NonLocal2d at the places a memory gate would take, for a fair
@@ -181,14 +228,43 @@ def test_layer_depth_for_layer_decay():
     assert model.get_layer_depth('neck.conv.weight', 'backbone.')[0] == gate0[1] - 1
 
 
-@pytest.mark.parametrize('after, error', [
-    (['layer9'], "has no module\\(s\\) \\['layer9'\\]; its top-level modules are"),
-    ('layer1', 'non-empty list of module names'),
-    ([], 'non-empty list of module names'),
+@pytest.mark.parametrize('names, error', [
+    (dict(after=['layer9']), "has no module\\(s\\) \\['layer9'\\]; its top-level modules are"),
+    (dict(after='layer1'), "after must be a list of module names, got 'layer1'"),
+    (dict(after=[]), 'needs module names in after or blocks'),
+    (dict(blocks=['conv1']), "whose children are the blocks, but \\['conv1'\\] have none"),
+    (dict(after=['layer1'], blocks=['layer1']), 'a module is named twice'),
 ])
-def test_bad_after_names_are_refused_clearly(after, error):
+def test_bad_module_names_are_refused_clearly(names, error):
     with pytest.raises(ValueError, match=error):
-        MemoryGated(dict(type='mmdet.ResNet', depth=18), after=after)
+        MemoryGated(dict(type='mmdet.ResNet', depth=18), **names)
+
+
+def test_block_gates_skip_a_strided_first_block_and_read_after_it():
+    model = MemoryGated(dict(type='mmdet.ResNet', depth=18), blocks=['layer2']).eval()
+    model.init_weights()
+    gate = model.gates['layer2']
+    assert gate.memory.reduce.in_features == 128  # layer2.1's input, not layer2.0's 64 channels
+    factor = gate.factor
+    calls = []
+    gate.factor = lambda x: calls.append(tuple(x.shape)) or factor(x)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert calls == [(1, 128, 8, 8)]
+
+
+def test_block_gates_refuse_groups_whose_gated_blocks_change_the_maps_shape():
+    atto = dict(type='mmpretrain.ConvNeXt', arch='atto', out_indices=(0, 1),
+                gap_before_final_norm=False)
+    # a norm that keeps the shape, then a strided conv: the conv would be a gated 'block'
+    model = MemoryGated(atto, blocks=['downsample_layers.1'])
+    with pytest.raises(TypeError, match=r"block 1 of 'downsample_layers.1' maps \(1, 40, 16, 16\) "
+                                        r"to \(1, 80, 8, 8\) after block 0 has read the gate"):
+        model(torch.randn(1, 3, 64, 64))
+    # PVTv2's stage: a patch embedding that returns tokens, then transformer blocks on tokens
+    with pytest.raises(ValueError, match=r"no child of \['layers.0'\] ran in a forward pass of "
+                                         r"PyramidVisionTransformerV2 keeping an NCHW map's shape"):
+        MemoryGated(WRAPPED['mmdet PVTv2-b0'][0], blocks=['layers.0'])
 
 
 @pytest.mark.parametrize('kwargs, match', [
