@@ -335,6 +335,13 @@ def test_probe_variants_build_what_their_names_say():
         [s.memory.extra_repr() for s in built_in.stages]
     assert [g.memory.reduce.in_features for g in plugged.gates.values()] == \
         [s.memory.reduce.in_features for s in built_in.stages]
+    # ConvNeur's fusion in the plug-in: every block of each probed stage
+    blocks = gc.build('local memory-gate blocks', 2).backbone
+    assert blocks.blocks == ['stages.0.blocks', 'stages.1.blocks'] and not blocks.after
+    assert [g.memory.extra_repr() for g in blocks.gates.values()] == \
+        [s.memory.extra_repr() for s in built_in.stages]
+    assert gc.build('convnextv2-atto memory-gate blocks', 2).backbone.blocks == \
+        ['stages.0', 'stages.1']
 
 
 def test_fisher_exact_test_of_learned_seeds():

@@ -103,14 +103,14 @@ def _mmpretrain(name, **kwargs):
     return build
 
 
-def _gated(backbone, after, gate=None):
+def _gated(backbone, after=(), gate=None, blocks=()):
     """A peer with a convneur_mm.MemoryGate (or ``gate``, another plug-in layer) after the named
-    stages: what the plug-in costs."""
+    stages, or on their blocks: what the plug-in costs."""
     def build():
         import mmcv.cnn  # noqa: F401  (registers ContextBlock and NonLocal2d)
 
         from convneur_mm import MemoryGated
-        return MemoryGated(backbone, after=after, gate=gate)
+        return MemoryGated(backbone, after=after, gate=gate, blocks=blocks)
     return build
 
 
@@ -158,6 +158,11 @@ MODELS = {
         PEERS['resnet18'], ['layer1', 'layer2', 'layer3', 'layer4'])),
     'convnextv2-atto+memory': ('gated', _gated(
         PEERS['convnextv2-atto'], ['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
+    # the same gates on each stage's blocks (ConvNeur's fusion)
+    'resnet18+memory-blocks': ('gated', _gated(
+        PEERS['resnet18'], blocks=['layer1', 'layer2', 'layer3', 'layer4'])),
+    'convnextv2-atto+memory-blocks': ('gated', _gated(
+        PEERS['convnextv2-atto'], blocks=['stages.0', 'stages.1', 'stages.2', 'stages.3'])),
     # the global branches tools/compare_real.py fine-tunes on pre-trained peers
     **{f'{peer}+{gate}-c3c5': ('gated', _gated(PEERS[peer], after, cfg))
        for peer, after in C3_C5_PLACES.items() for gate, cfg in GLOBAL_BRANCHES.items()},

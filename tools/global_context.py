@@ -120,11 +120,17 @@ VARIANTS = {
     'convnextv2-atto gcnet': ('convnextv2-atto', dict(type='ContextBlock', ratio=1 / 4)),
     # the gates on each probed stage's input (after its downsampling layer), the map ConvNeur's
     # stage memory reads, so that the stage's blocks work on the gated map
-    'convnextv2-atto memory-gate before': ('convnextv2-atto', dict(), 'downsample_layers.{i}'),
+    'convnextv2-atto memory-gate before': ('convnextv2-atto', dict(),
+                                           dict(after='downsample_layers.{i}')),
     # the same plug-in on ConvNeur-M1's own local network: against 'memory group=all' (the same
     # memory, C_m and places), only the fusion and its initialisation differ: the stream gated
     # once per stage from a zero projection, not every block's branch
-    'local memory-gate before': ('local', dict(), 'stages.{i}.downsample'),
+    'local memory-gate before': ('local', dict(), dict(after='stages.{i}.downsample')),
+    # ConvNeur's own fusion in the plug-in: one map from each stage's input scales every block's
+    # update. On M1's local network, against 'memory group=all' only the gate's parametrisation
+    # and zero start differ
+    'local memory-gate blocks': ('local', dict(), dict(blocks='stages.{i}.blocks')),
+    'convnextv2-atto memory-gate blocks': ('convnextv2-atto', dict(), dict(blocks='stages.{i}')),
     # positive control of the marker task: the local-only model, whose head is also given the
     # answer's ingredient, max over the image of (red - green)
     'oracle': 'oracle',
@@ -159,17 +165,17 @@ def build(variant, stages):
         backbone = ConvNeXt(**ATTO, out_indices=out)
         backbone.init_weights()
         channels = ATTO_CHANNELS[:stages]
-    elif isinstance(spec, tuple):  # (host, gate[, where]): a gate per probed stage
+    elif isinstance(spec, tuple):  # (host, gate[, {after or blocks: name}]): a gate per stage
         import mmcv.cnn  # noqa: F401  (registers GCNet's ContextBlock)
         import mmpretrain.models  # noqa: F401
         from convneur_mm import MemoryGated
-        host, gate, where = (*spec, 'stages.{i}')[:3]
+        host, gate, where = (*spec, dict(after='stages.{i}'))[:3]
         if host == 'local':
             host, channels = dict(type='convneur_mm.ConvNeur', **VARIANTS['local']), None
         else:
             host, channels = dict(type='mmpretrain.ConvNeXt', **ATTO), ATTO_CHANNELS[:stages]
-        backbone = MemoryGated(dict(host, out_indices=out),
-                               after=[where.format(i=i) for i in range(stages)], gate=gate)
+        backbone = MemoryGated(dict(host, out_indices=out), gate=gate, **{
+            arg: [name.format(i=i) for i in range(stages)] for arg, name in where.items()})
         backbone.init_weights()
         channels = channels or backbone.backbone.out_channels
     else:
