@@ -371,3 +371,24 @@ def test_memory_gate_opens_as_fast_as_gcnet_in_finetuning():
     with a zero per-channel scale instead it fitted the same target several times slower."""
     memory, gcnet = _gate_fit({}), _gate_fit(dict(type='ContextBlock', ratio=1 / 16))
     assert gcnet > 0 and memory >= 0.5 * gcnet, (memory, gcnet)
+
+
+def test_block_gates_name_a_host_that_recomputes_single_blocks():
+    """ConvNeur's with_cp recomputes each block on its own in backward, after the gate map is
+    gone: a clear error, not a silently wrong gradient (mmpretrain's with_cp recomputes inside
+    the block, under the hooks, and works)."""
+    model = MemoryGated(dict(type='convneur_mm.ConvNeur', memory_placement='none',
+                             out_indices=(0,), with_cp=True), blocks=['stages.0.blocks'])
+    model.init_weights()
+    model.train()
+    out = model(torch.randn(1, 3, 64, 64))[0]
+    with pytest.raises(RuntimeError, match=r"block 2 of 'stages.0.blocks' ran without block 0, "
+                                           r"which reads the gate; a host that recomputes single "
+                                           r"blocks \(with_cp\) cannot take block gates"):
+        out.sum().backward()
+    atto = MemoryGated(dict(type='mmpretrain.ConvNeXt', arch='atto', out_indices=(0,),
+                            with_cp=True, gap_before_final_norm=False), blocks=['stages.0'])
+    atto.init_weights()
+    atto.train()
+    atto(torch.randn(1, 3, 64, 64))[0].sum().backward()
+    assert atto.gates['stages_0'].memory.proj.weight.grad is not None
