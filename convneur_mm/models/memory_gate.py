@@ -219,7 +219,7 @@ class MemoryGated(nn.Module):
         if childless:
             raise ValueError(f'MemoryGated: blocks names modules whose children are the blocks, '
                              f'but {childless} have none')
-        self.after, self.blocks = list(after), list(blocks)
+        self.after, self.blocks, self._names = list(after), list(blocks), names
         if in_channels is None:
             in_channels = self._measure_channels()
         if len(in_channels) != len(names):
@@ -266,7 +266,6 @@ class MemoryGated(nn.Module):
             self.backbone.train(was_training)
             for h in handles:
                 h.remove()
-        names = [*self.after, *self.blocks]
         missing = [n for n in self.after if n not in seen]
         if missing:
             raise ValueError(f'MemoryGated: {missing} did not run in a forward pass of '
@@ -276,7 +275,7 @@ class MemoryGated(nn.Module):
             raise ValueError(f'MemoryGated: no child of {missing} ran in a forward pass of '
                              f'{type(self.backbone).__name__} keeping an NCHW map\'s shape; '
                              f'blocks names modules whose children are residual blocks')
-        return [int(seen[n]) for n in names]
+        return [int(seen[n]) for n in self._names]
 
     def init_weights(self):
         """The backbone's own initialisation (Pretrained included), then the gates' identity init."""
@@ -301,8 +300,7 @@ class MemoryGated(nn.Module):
         gates = prefix + 'gates.'
         if param_name.startswith(gates):
             key = param_name[len(gates):].split('.', 1)[0]
-            names = [*self.after, *self.blocks]
-            name = names[[n.replace('.', '_') for n in names].index(key)]
+            name = self._names[[n.replace('.', '_') for n in self._names].index(key)]
             depths = [self.backbone.get_layer_depth(f'{name}.{n}') for n, _ in
                       dict(self.backbone.named_modules())[name].named_parameters()]
             if depths:
