@@ -263,19 +263,23 @@ def test_global_context_tool_runs_and_resumes(tmp_path):
            '--archive', str(tmp_path / 'archive')]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    [result] = tmp_path.glob('w/stages2-128/marker/memory/seed0.json')
+    [result] = tmp_path.glob('w/stages2-128-it2-b2/marker/memory/seed0.json')
     data = json.loads(result.read_text())
     assert 0 <= data['test']['accuracy'] <= 1 and set(data['write_strength_init']) == {
         'stages.0.memory', 'stages.1.memory'}
     # the memories' response to the cross, at initialisation and at the last iteration
     assert [it for it, _ in data['track_curve']] == [0, 2]
     assert all(len(r['read']) == 2 for _, r in data['track_curve'])
-    archived = tmp_path / 'archive' / 'stages2-128' / 'marker' / 'memory' / 'seed0.json'
+    archived = tmp_path / 'archive' / 'stages2-128-it2-b2' / 'marker' / 'memory' / 'seed0.json'
     assert json.loads(archived.read_text()) == data
     shutil.rmtree(tmp_path / 'w')  # a new machine: the archive alone resumes the table
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert '1 already done, 0 to run' in again.stdout
-    assert (tmp_path / 'w' / 'stages2-128' / 'results.md').read_text().count('| memory |') == 1
+    assert (tmp_path / 'w' / 'stages2-128-it2-b2' / 'results.md').read_text().count('| memory |') == 1
+    # a run of another length is not taken for the finished one
+    longer = subprocess.run(cmd + ['--iters', '3', '--list'], capture_output=True, text=True,
+                            timeout=600)
+    assert longer.stdout.strip().endswith('| to run'), longer.stdout + longer.stderr
 
 
 def test_fixed_keys_variant_blocks_only_the_key_path():

@@ -22,8 +22,9 @@ labelled 0 (background), 1 or 2:
 
 A run trains a backbone and a light head (a 1x1 conv per map, upsampled to stride 4 and summed) with
 AdamW, linear warm-up and cosine decay, from scratch. Runs go to
-``<work-dir>/<task>/<variant>/seed<k>.json``; a finished run is never repeated, so an interrupted
-table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
+``<work-dir>/stages<n>-<size>[-marker<px>][-ignore][-it<iters>][-b<batch>][-lr<lr>]/<task>/<variant>/seed<k>.json``
+(the bracketed parts only where they differ from the defaults); a finished run is never repeated,
+so an interrupted table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
 Marker runs also record, at initialisation and every ``--log-every`` iterations, how much each
 memory's input, read and map respond to the cross (``track_curve``,
 ``convneur_mm.scenes.marker_response``).
@@ -53,6 +54,7 @@ from convneur_mm.scenes import (IGNORE, MARKER, TASKS, OracleProbe, Probe, head_
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 LEARNED = 0.9  # a run whose test accuracy reaches this has learned its task (chance: 0.5, 1/K)
+TRAINING_DEFAULTS = dict(it=800, b=8, lr=2e-3)  # iterations, batch, AdamW's learning rate
 # The paper's detection memory settings, with the sequential form (chunks_per_group=1) that every
 # archived run was measured with (the default until 2026-12); 'group=all' variants set None.
 DENSE = dict(arch='m1', chunk_size=4096, max_lr=1e-3, chunks_per_group=1)
@@ -252,11 +254,18 @@ def sensitivity(variant, seed, args, pool):
 
 # ----------------------------------------------------------------------------- driver
 def result_path(args, task, variant, seed):
-    marker = '' if args.marker == MARKER else f'-marker{args.marker}'
+    folder = f'stages{args.stages}-{args.size}'
+    if args.marker != MARKER:
+        folder += f'-marker{args.marker}'
     if args.marker_label == 'ignore':
-        marker += '-ignore'
-    return osp.join(args.work_dir, f'stages{args.stages}-{args.size}{marker}', task,
-                    variant.replace(' ', '_').replace('=', '-'), f'seed{seed}.json')
+        folder += '-ignore'
+    # A run of another length, batch or learning rate gets a folder of its own, so that it is
+    # never taken for (or read beside) a finished run of the defaults.
+    for flag, value in (('it', args.iters), ('b', args.batch), ('lr', args.lr)):
+        if value != TRAINING_DEFAULTS[flag]:
+            folder += f'-{flag}{value:g}'
+    return osp.join(args.work_dir, folder, task, variant.replace(' ', '_').replace('=', '-'),
+                    f'seed{seed}.json')
 
 
 def find_result(args, job):
@@ -345,10 +354,12 @@ def main():
     parser.add_argument('--marker-label', choices=('background', 'ignore'), default='background',
                         help='the training label of the cross\'s own pixels: background (the '
                              'default) or ignored by the loss; evaluation scores items only')
-    parser.add_argument('--iters', type=int, default=800)
+    parser.add_argument('--iters', type=int, default=TRAINING_DEFAULTS['it'],
+                        help='training iterations (default %(default)s); other values, and other '
+                             '--batch and --lr, keep their results in a folder of their own')
     parser.add_argument('--scale', type=float, default=1.0, help='multiplies --iters')
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--batch', type=int, default=TRAINING_DEFAULTS['b'])
+    parser.add_argument('--lr', type=float, default=TRAINING_DEFAULTS['lr'])
     parser.add_argument('--eval-scenes', type=int, default=256)
     parser.add_argument('--log-every', type=int, default=50)
     parser.add_argument('--eval-every', type=int, default=200,
