@@ -360,9 +360,10 @@ def test_fisher_exact_test_of_learned_seeds():
 
 def test_global_context_summary_counts_learned_seeds(tmp_path):
     gc = _load('global_context', 'tools/global_context.py')
-    args = gc.argparse.Namespace(size=128, stages=2, iters=2, batch=2, marker=scenes.MARKER,
-                                 marker_label='background', work_dir=str(tmp_path), archive='',
-                                 eval_scenes=4, seeds=[0, 1, 2], reference='local')
+    args = gc.argparse.Namespace(size=128, stages=2, iters=2, batch=2, lr=2e-3,
+                                 marker=scenes.MARKER, marker_label='background',
+                                 work_dir=str(tmp_path), archive='', eval_scenes=4,
+                                 seeds=[0, 1, 2], reference='local')
 
     def summary(task, accuracy):
         """The summary of finished runs with these test (and validation) accuracies per seed."""
@@ -400,5 +401,5 @@ def test_global_context_ignored_cross_runs_apart(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert [p.relative_to(tmp_path / 'w').as_posix() for p in tmp_path.glob('w/**/seed0.json')] \
-        == ['stages2-128-ignore/marker/local/seed0.json']
+        == ['stages2-128-ignore-it1-b2/marker/local/seed0.json']
     assert "the cross's pixels ignored by the training loss" in out.stdout
