@@ -275,7 +275,8 @@ def test_global_context_tool_runs_and_resumes(tmp_path):
     shutil.rmtree(tmp_path / 'w')  # a new machine: the archive alone resumes the table
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert '1 already done, 0 to run' in again.stdout
-    assert (tmp_path / 'w' / 'stages2-128-it2-b2' / 'results.md').read_text().count('| memory |') == 1
+    table = tmp_path / 'w' / 'stages2-128-it2-b2' / 'results.md'
+    assert table.read_text().count('| memory |') == 1
     # a run of another length is not taken for the finished one
     longer = subprocess.run(cmd + ['--iters', '3', '--list'], capture_output=True, text=True,
                             timeout=600)

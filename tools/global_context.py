@@ -22,9 +22,10 @@ labelled 0 (background), 1 or 2:
 
 A run trains a backbone and a light head (a 1x1 conv per map, upsampled to stride 4 and summed) with
 AdamW, linear warm-up and cosine decay, from scratch. Runs go to
-``<work-dir>/stages<n>-<size>[-marker<px>][-ignore][-it<iters>][-b<batch>][-lr<lr>]/<task>/<variant>/seed<k>.json``
-(the bracketed parts only where they differ from the defaults); a finished run is never repeated,
-so an interrupted table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
+``<work-dir>/<folder>/<task>/<variant>/seed<k>.json``, the folder named
+``stages<n>-<size>[-marker<px>][-ignore][-it<iters>][-b<batch>][-lr<lr>]`` (the bracketed parts
+only where they differ from the defaults); a finished run is never repeated, so an interrupted
+table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
 Marker runs also record, at initialisation and every ``--log-every`` iterations, how much each
 memory's input, read and map respond to the cross (``track_curve``,
 ``convneur_mm.scenes.marker_response``).
