@@ -143,7 +143,8 @@ class _BlockGateHooks:
                             f'to {shape} after block {self.reader} has read the gate; a group\'s '
                             f'gated blocks must keep the map\'s shape')
         if index == self.reader:
-            self.factor = self.gate.factor(x)
+            # cast once for the group, not once per block (a no-op outside autocast)
+            self.factor = self.gate.factor(x).to(x.dtype)
         elif self.factor is None:
             raise RuntimeError(f'MemoryGated: block {index} of {self.name!r} ran without block '
                                f'{self.reader}, which reads the gate; a host that recomputes single '
@@ -151,7 +152,7 @@ class _BlockGateHooks:
         factor = self.factor
         if module is self.blocks[-1]:
             self.factor = None
-        return torch.addcmul(x, factor.to(x.dtype), output - x)
+        return torch.addcmul(x, factor, output - x)
 
 
 class MemoryGated(nn.Module):
