@@ -16,7 +16,9 @@ marker (:func:`marker_response`) live here too, so the tools only choose models 
 
 Needs numpy, torch and PIL; nothing of OpenMMLab.
 """
+import json
 import math
+import os
 import time
 
 import numpy as np
@@ -249,9 +251,37 @@ def _write_strength(model, x):
         model.train()
 
 
+def _save_run_state(path, model, opt, sched, rng, progress):
+    """Write what :func:`train_probe` needs to continue a run; the curves (plain numbers) go as
+    JSON, so the file loads with ``weights_only``."""
+    torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
+                    numpy_rng=json.dumps(rng.bit_generator.state), progress=json.dumps(progress)),
+               path + '.tmp')
+    os.replace(path + '.tmp', path)  # a run killed while saving keeps its previous checkpoint
+
+
+def _load_run_state(path, model, opt, sched, rng):
+    """Restore a run from ``path`` into the given objects; its progress dict, or None when there
+    is no file."""
+    if not path or not os.path.exists(path):
+        return None
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict(saved['model'])
+    opt.load_state_dict(saved['optimizer'])
+    sched.load_state_dict(saved['scheduler'])
+    torch.set_rng_state(saved['torch_rng'])
+    rng.bit_generator.state = json.loads(saved['numpy_rng'])
+    progress = json.loads(saved['progress'])
+    # JSON turned the (iteration, value) pairs into lists
+    for key in ('loss_curve', 'val_curve', 'track_curve'):
+        progress[key] = [tuple(pair) for pair in progress[key]]
+    return progress
+
+
 def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=MARKER,
                 marker_label=0, eval_scenes=256, eval_every=200, log_every=50, track=None,
-                tag=''):
+                tag='', checkpoint=None, checkpoint_every=100):
     """Train ``model`` on ``task`` scenes drawn by ``rng`` from ``pools['train']`` with AdamW
     (weight decay 0.05 on weight matrices), a linear warm-up over a tenth of the run, cosine
     decay and a gradient clip at norm 5. Prints progress; returns the loss and validation curves,
@@ -263,6 +293,12 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
     ``track(model)``, if given, is called at initialisation and at every log step; its results
     are returned as ``track_curve`` [(iteration, result)]. It must leave the model's mode and
     every random state as it found them, so that tracking does not change the run.
+
+    ``checkpoint``, a file path, makes the run resumable: every ``checkpoint_every`` iterations
+    the model, optimiser, schedule, both random states and the curves so far are written there
+    (atomically), and a call that finds the file continues from it. With the same thread count the
+    resumed run is the uninterrupted one, bit for bit. The file is left for the caller to delete
+    once the result is stored.
     """
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'initial' not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and 'initial' not in n)]
@@ -273,11 +309,17 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
         1 + math.cos(math.pi * min(1.0, i / iters))))
     probe_x = task_batch(np.random.default_rng([9, 9]), pools['val'], task, 2, size,
                          marker_side)[0]
-    strength_init = _write_strength(model, probe_x)
-    track_curve = [(0, track(model))] if track else []
-    curve, val_curve, t0 = [], [], time.perf_counter()
-    running = None
-    for it in range(iters):
+    state = _load_run_state(checkpoint, model, opt, sched, rng)
+    if state is None:
+        state = dict(iteration=0, seconds=0.0, running=None, loss_curve=[], val_curve=[],
+                     strength_init=_write_strength(model, probe_x),
+                     track_curve=[(0, track(model))] if track else [])
+    else:
+        print(f'[{tag}] resumed at iteration {state["iteration"]}/{iters} from {checkpoint}',
+              flush=True)
+    curve, val_curve, track_curve = state['loss_curve'], state['val_curve'], state['track_curve']
+    running, t0 = state['running'], time.perf_counter() - state['seconds']
+    for it in range(state['iteration'], iters):
         x, labels, _, _ = task_batch(rng, pools['train'], task, batch, size, marker_side,
                                      marker_label)
         loss = F.cross_entropy(model(x), labels, ignore_index=IGNORE)
@@ -299,13 +341,16 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
                                  marker_side)['accuracy']
             val_curve.append((it + 1, acc))
             print(f'[{tag}] iter {it + 1}: accuracy on 64 validation scenes {acc:.3f}', flush=True)
+        if checkpoint and (it + 1) % checkpoint_every == 0 and it + 1 < iters:
+            state.update(iteration=it + 1, seconds=time.perf_counter() - t0, running=running)
+            _save_run_state(checkpoint, model, opt, sched, rng, state)
     seconds = time.perf_counter() - t0
     return dict(seconds=seconds, loss_curve=curve, val_curve=val_curve, track_curve=track_curve,
                 val=evaluate_probe(model, pools['val'], task, 1, size, eval_scenes, batch,
                                    marker_side),
                 test=evaluate_probe(model, pools['test'], task, 2, size, eval_scenes, batch,
                                     marker_side),
-                write_strength_init=strength_init,
+                write_strength_init=state['strength_init'],
                 write_strength_final=_write_strength(model, probe_x))
 
 

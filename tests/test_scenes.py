@@ -228,6 +228,42 @@ def test_tracking_does_not_change_the_run():
     assert tracked['loss_curve'] == untracked['loss_curve']
 
 
+def test_a_cut_off_probe_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """train_probe with a checkpoint: a run killed after its checkpoint and started again ends
+    where the uninterrupted run ends, weights, curves and accuracies alike."""
+    def run(checkpoint=None):
+        torch.manual_seed(0)
+        model = _tiny_probe()
+        result = scenes.train_probe(model, _noise_pools(), 'odd', np.random.default_rng(0),
+                                    iters=5, batch=2, size=64, lr=1e-3, eval_scenes=2,
+                                    eval_every=0, log_every=1, checkpoint=checkpoint,
+                                    checkpoint_every=2)
+        return model.state_dict(), result
+
+    whole_weights, whole = run()
+    checkpoint = str(tmp_path / 'seed0.ckpt.pth')
+    draws, real_batch = [], scenes.task_batch
+
+    def killed_in_iteration_4(*args, **kwargs):  # draw 1 is the write-strength probe
+        draws.append(1)
+        if len(draws) == 5:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+    monkeypatch.setattr(scenes, 'task_batch', killed_in_iteration_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint)
+    monkeypatch.setattr(scenes, 'task_batch', real_batch)
+    assert torch.load(checkpoint, weights_only=True)['progress'].count('"iteration": 2') == 1
+    capsys.readouterr()
+    weights, resumed = run(checkpoint)
+    assert 'resumed at iteration 2/5' in capsys.readouterr().out
+    assert resumed['loss_curve'] == whole['loss_curve'] and len(whole['loss_curve']) == 5
+    for key in ('val', 'test', 'write_strength_init', 'write_strength_final'):
+        assert resumed[key] == whole[key], key
+    assert weights.keys() == whole_weights.keys()
+    assert all(torch.equal(weights[k], whole_weights[k]) for k in weights)
+
+
 def test_head_signal_sees_a_consistent_shift():
     """head_signal: a probe whose head input moves by the same vector at every item when the
     cross is there reports consistency 1 and the shift's size against the items' spread."""

@@ -25,7 +25,9 @@ AdamW, linear warm-up and cosine decay, from scratch. Runs go to
 ``<work-dir>/<folder>/<task>/<variant>/seed<k>.json``, the folder named
 ``stages<n>-<size>[-marker<px>][-ignore][-it<iters>][-b<batch>][-lr<lr>]`` (the bracketed parts
 only where they differ from the defaults); a finished run is never repeated, so an interrupted
-table continues where it stopped. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
+table continues where it stopped, and a run cut off midway continues from its last checkpoint
+(``seed<k>.ckpt.pth``, every 100 iterations, deleted when the run ends) exactly as it would have
+gone on. The summary (mean ± 95% CI over seeds) goes to ``results.md``.
 Marker runs also record, at initialisation and every ``--log-every`` iterations, how much each
 memory's input, read and map respond to the cross (``track_curve``,
 ``convneur_mm.scenes.marker_response``).
@@ -225,7 +227,7 @@ def load_pools(cache):
     return split_pools(load_fashion_mnist(Path(cache).expanduser()))
 
 
-def train_one(task, variant, seed, args):
+def train_one(task, variant, seed, args, checkpoint=None):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pools = load_pools(args.cache)
@@ -238,7 +240,7 @@ def train_one(task, variant, seed, args):
                          marker_label=IGNORE if args.marker_label == 'ignore' else 0,
                          eval_scenes=args.eval_scenes, eval_every=args.eval_every,
                          log_every=args.log_every, track=track,
-                         tag=f'{task} | {variant} | seed {seed}')
+                         tag=f'{task} | {variant} | seed {seed}', checkpoint=checkpoint)
     return dict(task=task, variant=variant, seed=seed, iters=args.iters, batch=args.batch,
                 size=args.size, stages=args.stages, **result)
 
@@ -422,18 +424,23 @@ def main():
     if args.single:
         task, variant, seed = args.single
         path = result_path(args, task, variant, int(seed))
-        result = train_one(task, variant, int(seed), args)
         os.makedirs(osp.dirname(path), exist_ok=True)
+        checkpoint = path.replace('.json', '.ckpt.pth')
+        result = train_one(task, variant, int(seed), args, checkpoint)
         with open(path + '.partial', 'w') as f:
             json.dump(result, f, indent=1)
         os.replace(path + '.partial', path)  # only a complete result carries the final name
+        if osp.exists(checkpoint):
+            os.remove(checkpoint)
         return
 
     jobs = [(t, v, s) for t in args.tasks for v in args.variants for s in args.seeds]
     if args.list:
         for job in jobs:
             print(*job, sep=' | ', end=' | ')
-            print('done' if find_result(args, job) else 'to run')
+            checkpoint = result_path(args, *job).replace('.json', '.ckpt.pth')
+            print('done' if find_result(args, job) else
+                  'to run, from its checkpoint' if osp.exists(checkpoint) else 'to run')
         return
     pending = [j for j in jobs if not find_result(args, j)]
     if not args.summary:
@@ -455,7 +462,8 @@ def main():
                         'eval_scenes', 'log_every', 'eval_every', 'work_dir', 'cache'):
                 cmd += [f'--{key.replace("_", "-")}', str(getattr(args, key))]
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-            with open(path.replace('.json', '.log'), 'w') as log:
+            # appended to: a run cut off earlier resumes from its checkpoint, and its log goes on
+            with open(path.replace('.json', '.log'), 'a') as log:
                 rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log,
                                     stderr=subprocess.STDOUT).returncode
             done[0] += 1
