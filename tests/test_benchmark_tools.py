@@ -159,6 +159,30 @@ def test_compare_real_configs_swap_only_the_backbone(tmp_path):
     assert configs['cls', 'pvtv2-b0'].model.neck.type == 'convneur_mm.PoolMaps'  # list outputs
     assert configs['cls', 'm1_fusion-add'].model.backbone.fusion == 'add'
     assert reference.model.decode_head == configs['seg', 'resnet18'].model.decode_head
+    # checkpoints a cut-off run can resume from: every epoch, or every 100 iterations
+    assert configs['cls', 'resnet18'].default_hooks.checkpoint.interval == 1
+    assert reference.default_hooks.checkpoint.interval == min(100, reference.train_cfg.max_iters)
+    assert reference.default_hooks.checkpoint.max_keep_ckpts == 1
+
+
+def test_compare_real_resumes_a_run_cut_off_midway(tmp_path, monkeypatch):
+    """A work dir with a checkpoint and no result is a run that was cut off: it is started again
+    with --resume and its log is appended to; a fresh run starts its log anew."""
+    tool = load_tool('compare_real')
+    calls = []
+    monkeypatch.setattr(tool, '_run_tool', lambda tool_, argv, log, threads, mode='w': (
+        calls.append((argv, mode)), 0)[1])
+    monkeypatch.setattr(tool, 'read_metrics', lambda work_dir, task: {'mIoU': 50.0})
+    args = types.SimpleNamespace(work_dir=str(tmp_path), archive='')
+    fresh, cut = (tmp_path / 'scenes-seg' / 'resnet18' / f'seed{k}' for k in (0, 1))
+    cut.mkdir(parents=True)
+    (cut / 'last_checkpoint').write_text(str(cut / 'iter_100.pth'))
+    fresh.mkdir(parents=True)
+    first = tool.train('scenes-seg', 'resnet18', 0, str(fresh), 1, args)
+    second = tool.train('scenes-seg', 'resnet18', 1, str(cut), 1, args)
+    assert calls[0] == ([str(fresh / 'config.py'), '--work-dir', str(fresh)], 'w')
+    assert calls[1] == ([str(cut / 'config.py'), '--work-dir', str(cut), '--resume'], 'a')
+    assert 'resumed' not in first and second['resumed'] is True
 
 
 def summary_args(task, split, budget):

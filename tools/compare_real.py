@@ -26,7 +26,8 @@ Each run is the matching config (configs/demo/, configs/scenes/) with only the b
 and a different ``randomness.seed``. Runs go to ``--work-dir/<task>/<run>/seed<k>`` and are
 started as ``tools/train.py`` subprocesses, ``--jobs`` at a time with the CPU threads split
 between them. A finished run is not repeated (its metrics are read back), so an interrupted
-comparison continues where it stopped. Each task's table (mean ± 95% CI over seeds) goes to
+comparison continues where it stopped; a run cut off midway resumes from its last checkpoint
+(every epoch, or every 100 iterations). Each task's table (mean ± 95% CI over seeds) goes to
 ``--work-dir/<task>/results.md`` and every single result to ``results.csv`` beside it; a table
 holds every finished run of its task and budget, whichever invocation trained it.
 
@@ -63,6 +64,9 @@ from convneur_mm.presets import (C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_METRICS = {'bbox mAP': 'coco/bbox_mAP', 'segm mAP': 'coco/segm_mAP'}
+# An iteration-based run saves a checkpoint this often, so that a run cut off midway resumes
+# (mmengine's resume advances the data loader, so it continues exactly); only the latest is kept.
+CHECKPOINT_EVERY = 100
 TASKS = {
     'cls': dict(config='configs/demo/convneur-m1_fashion-mnist.py', budget=dict(max_epochs=1),
                 metrics={'top-1': 'accuracy/top1'}, data='fashion_mnist'),
@@ -324,14 +328,15 @@ def build_config(task, name, seed, work_dir, budget, data_root='data', pretraine
     if 'max_epochs' in budget:
         epochs = budget['max_epochs']
         cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
-        cfg.default_hooks.checkpoint.interval = epochs
+        cfg.default_hooks.checkpoint.interval = 1  # an epoch is where a resume is exact
         # the demo's one-epoch warm-up, as 10% of the run, so that one epoch is a valid budget
         with open(osp.join(REPO, cfg.data_root, 'meta', 'train.txt')) as f:
             iters = epochs * -(-len(f.readlines()) // cfg.train_dataloader.batch_size)
     else:
         iters = budget['max_iters']
         cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = iters
-        cfg.default_hooks.checkpoint.interval = iters
+        cfg.default_hooks.checkpoint.interval = min(iters, CHECKPOINT_EVERY)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1
     for key, n in budget.items():  # the base's own budget variable, so the dumped config reads true
         if key in cfg:
             cfg[key] = n
@@ -449,17 +454,20 @@ def write_config(task, name, seed, work_dir, args):
                  pretrained).dump(osp.join(work_dir, 'config.py'))
 
 
-def _run_tool(tool, argv, log_path, threads):
+def _run_tool(tool, argv, log_path, threads, mode='w'):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(log_path, 'w') as log:
+    with open(log_path, mode) as log:
         return subprocess.run([sys.executable, osp.join(REPO, tool), *argv], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def train(task, name, seed, work_dir, threads, args):
     t = time.perf_counter()
-    rc = _run_tool('tools/train.py', [osp.join(work_dir, 'config.py'), '--work-dir', work_dir],
-                   osp.join(work_dir, 'train.log'), threads)
+    argv = [osp.join(work_dir, 'config.py'), '--work-dir', work_dir]
+    # an unfinished run with a checkpoint was cut off: it goes on from there, and so does its log
+    resume = osp.isfile(osp.join(work_dir, 'last_checkpoint'))
+    rc = _run_tool('tools/train.py', argv + ['--resume'] * resume,
+                   osp.join(work_dir, 'train.log'), threads, mode='a' if resume else 'w')
     seconds = time.perf_counter() - t
     metrics = read_metrics(work_dir, task)
     if rc or metrics is None:
@@ -468,6 +476,8 @@ def train(task, name, seed, work_dir, threads, args):
     if task == 'scenes-cls':
         export_backbone(work_dir)
     result = dict(task=task, run=name, seed=seed, seconds=seconds, **metrics)
+    if resume:  # its seconds are those of the last part only
+        result['resumed'] = True
     save_result(args, work_dir, result)
     return result
 
