@@ -383,6 +383,15 @@ def test_probe_variants_build_what_their_names_say():
         [s.memory.extra_repr() for s in built_in.stages]
     assert gc.build('convnextv2-atto memory-gate blocks', 2).backbone.blocks == \
         ['stages.0', 'stages.1']
+    # the atto with layer scale, bare and under the block gates: only the layer scale differs
+    bare = gc.build('convnextv2-atto', 2).backbone
+    scaled = gc.build('convnextv2-atto ls=1e-6', 2).backbone
+    gated = gc.build('convnextv2-atto ls=1e-6 memory-gate blocks', 2).backbone
+    assert bare.stages[0][0].gamma is None
+    for atto in (scaled, gated.backbone):
+        block = atto.stages[0][0]
+        assert block.gamma.eq(1e-6).all() and block.grn is not None
+    assert gated.blocks == ['stages.0', 'stages.1']
 
 
 def test_fisher_exact_test_of_learned_seeds():

@@ -136,6 +136,11 @@ VARIANTS = {
     # and zero start differ
     'local memory-gate blocks': ('local', dict(), dict(blocks='stages.{i}.blocks')),
     'convnextv2-atto memory-gate blocks': ('convnextv2-atto', dict(), dict(blocks='stages.{i}')),
+    # ConvNeXt-V1's layer scale (1e-6) in the atto, the one thing ConvNeur's blocks have and its
+    # blocks lack besides GRN and the stem: do the block gates need branches that start silent?
+    'convnextv2-atto ls=1e-6': 'convnextv2-atto ls=1e-6',
+    'convnextv2-atto ls=1e-6 memory-gate blocks': ('convnextv2-atto ls=1e-6', dict(),
+                                                   dict(blocks='stages.{i}')),
     # positive control of the marker task: the local-only model, whose head is also given the
     # answer's ingredient, max over the image of (red - green)
     'oracle': 'oracle',
@@ -145,6 +150,8 @@ DEFAULT_VARIANTS = ('memory', 'memory center', 'local', 'convnextv2-atto', 'pvtv
 
 # ----------------------------------------------------------------------------- models
 ATTO = dict(arch='atto', **CONVNEXTV2, gap_before_final_norm=False)
+ATTOS = {'convnextv2-atto': ATTO,
+         'convnextv2-atto ls=1e-6': dict(ATTO, layer_scale_init_value=1e-6)}
 ATTO_CHANNELS = [40, 80, 160, 320]
 
 
@@ -165,9 +172,9 @@ def build(variant, stages):
         if frozen_body:
             fix_body(backbone)
         channels = backbone.out_channels
-    elif spec == 'convnextv2-atto':
+    elif isinstance(spec, str) and spec in ATTOS:
         from mmpretrain.models import ConvNeXt
-        backbone = ConvNeXt(**ATTO, out_indices=out)
+        backbone = ConvNeXt(**ATTOS[spec], out_indices=out)
         backbone.init_weights()
         channels = ATTO_CHANNELS[:stages]
     elif isinstance(spec, tuple):  # (host, gate[, {after or blocks: name}]): a gate per stage
@@ -178,7 +185,8 @@ def build(variant, stages):
         if host == 'local':
             host, channels = dict(type='convneur_mm.ConvNeur', **VARIANTS['local']), None
         else:
-            host, channels = dict(type='mmpretrain.ConvNeXt', **ATTO), ATTO_CHANNELS[:stages]
+            host = dict(type='mmpretrain.ConvNeXt', **ATTOS[host])
+            channels = ATTO_CHANNELS[:stages]
         backbone = MemoryGated(dict(host, out_indices=out), gate=gate, **{
             arg: [name.format(i=i) for i in range(stages)] for arg, name in where.items()})
         backbone.init_weights()
