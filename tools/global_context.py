@@ -136,8 +136,8 @@ VARIANTS = {
     # and zero start differ
     'local memory-gate blocks': ('local', dict(), dict(blocks='stages.{i}.blocks')),
     'convnextv2-atto memory-gate blocks': ('convnextv2-atto', dict(), dict(blocks='stages.{i}')),
-    # ConvNeXt-V1's layer scale (1e-6) in the atto, the one thing ConvNeur's blocks have and its
-    # blocks lack besides GRN and the stem: do the block gates need branches that start silent?
+    # the atto with the layer scale of ConvNeXt-V1 and ConvNeur (1e-6), GRN and stem kept: do the
+    # block gates need residual branches that start near zero?
     'convnextv2-atto ls=1e-6': 'convnextv2-atto ls=1e-6',
     'convnextv2-atto ls=1e-6 memory-gate blocks': ('convnextv2-atto ls=1e-6', dict(),
                                                    dict(blocks='stages.{i}')),
