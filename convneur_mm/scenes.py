@@ -267,9 +267,15 @@ def _load_run_state(path, model, opt, sched, rng):
     if not path or not os.path.exists(path):
         return None
     saved = torch.load(path, map_location='cpu', weights_only=True)
-    model.load_state_dict(saved['model'])
-    opt.load_state_dict(saved['optimizer'])
-    sched.load_state_dict(saved['scheduler'])
+    try:
+        model.load_state_dict(saved['model'])
+        opt.load_state_dict(saved['optimizer'])
+        sched.load_state_dict(saved['scheduler'])
+    except (KeyError, RuntimeError, ValueError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RuntimeError(f'checkpoint {path} is not one of this run (another model or code '
+                           f'version?): {first} Delete it to train the run from the start.'
+                           ) from error
     torch.set_rng_state(saved['torch_rng'])
     rng.bit_generator.state = json.loads(saved['numpy_rng'])
     progress = json.loads(saved['progress'])
@@ -300,6 +306,8 @@ def train_probe(model, pools, task, rng, *, iters, batch, size, lr, marker_side=
     resumed run is the uninterrupted one, bit for bit. The file is left for the caller to delete
     once the result is stored.
     """
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f'checkpoint_every must be an int >= 1, got {checkpoint_every!r}')
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and 'initial' not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and 'initial' not in n)]
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.05),

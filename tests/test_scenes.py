@@ -262,6 +262,13 @@ def test_a_cut_off_probe_run_resumes_exactly(tmp_path, monkeypatch, capsys):
         assert resumed[key] == whole[key], key
     assert weights.keys() == whole_weights.keys()
     assert all(torch.equal(weights[k], whole_weights[k]) for k in weights)
+    # a checkpoint of another model is named, with what to do, not loaded half-way
+    torch.save(dict(torch.load(checkpoint, weights_only=True), model={}), checkpoint)
+    with pytest.raises(RuntimeError, match='(?s)seed0.ckpt.pth is not one of this run.*Delete it'):
+        run(checkpoint)
+    with pytest.raises(ValueError, match='checkpoint_every must be an int >= 1, got 0'):
+        scenes.train_probe(_tiny_probe(), _noise_pools(), 'odd', np.random.default_rng(0), iters=1,
+                           batch=1, size=64, lr=1e-3, checkpoint=checkpoint, checkpoint_every=0)
 
 
 def test_head_signal_sees_a_consistent_shift():
