@@ -28,12 +28,16 @@ class PoolMaps(nn.Module):
 
 
 def record_state_dtypes(memory):
-    """The dtypes of ``memory``'s fast weights (a :class:`NeuralMemory`), one per map it
-    normalises from now on: the list they are appended to, for checking that the state stays
-    fp32 under autocast or half weights."""
-    seen, normalized = [], memory.memory.normalized
-    memory.memory.normalized = lambda weights, *args: seen.append(weights[0].dtype) or normalized(
-        weights, *args)
+    """The dtypes of ``memory``'s fast weights (a :class:`NeuralMemory`), one per forward pass
+    from now on: the list they are appended to, for checking that the state stays fp32 under
+    autocast or half weights."""
+    seen, initial_state = [], memory.memory.initial_state
+
+    def record(*args):
+        weights = initial_state(*args)
+        seen.append(weights[0].dtype)
+        return weights
+    memory.memory.initial_state = record
     return seen
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convneur_mm.models.neural_memory import NeuralMemory, soft_clip
+from convneur_mm.models.neural_memory import NeuralMemory, _WriteRead, soft_clip, write_read
 
 
 def reference_apply(mem, weights, z, gamma, beta):
@@ -100,6 +100,59 @@ def test_closed_form_matches_autograd_reference(memory_type, read_mode, N, chunk
     # except in 'prev' mode with one chunk, which reads the initial memory only
     if not (read_mode == 'prev' and N <= L):
         assert grads[3] is not None and grads[3].abs().max() > 1e-6
+
+
+def _write_read_inputs(G=3, N=7, pad=3, d=5):
+    """float64 inputs of write_read, with a padded last chunk: zero keys, values and steps."""
+    torch.manual_seed(0)
+    n = N + pad
+    q = F.normalize(torch.randn(G, N, d, dtype=torch.float64), dim=-1)
+    k = F.pad(F.normalize(torch.randn(G, N, d, dtype=torch.float64), dim=-1), (0, 0, 0, pad))
+    v = F.pad(torch.randn(G, N, d, dtype=torch.float64), (0, 0, 0, pad))
+    step = F.pad(torch.rand(G, N, 1, dtype=torch.float64), (0, 0, 0, pad))
+    keep = torch.rand(G, 1, 1, dtype=torch.float64)
+    weight = 0.3 * torch.randn(G, d, d, dtype=torch.float64)
+    gamma = torch.rand(G, 1, d, dtype=torch.float64) + 0.5
+    beta = 0.1 * torch.randn(G, 1, d, dtype=torch.float64)
+    return [t.requires_grad_() for t in (q, k, v, step, keep, weight, gamma, beta)] + [-2 * 3.0 / d]
+
+
+def test_hand_written_backward_matches_autograd():
+    """The memory's default write and read: its backward against autograd's and finite differences."""
+    inputs = _write_read_inputs()
+    tensors = inputs[:-1]
+    outer = torch.randn(3, 7, 5, dtype=torch.float64)
+    y = _WriteRead.apply(*inputs)
+    y_ref = write_read(*inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((y * outer).sum(), tensors)
+    grads_ref = torch.autograd.grad((y_ref * outer).sum(), tensors)
+    for name, g, g_ref in zip(('q', 'k', 'v', 'step', 'keep', 'weight', 'gamma', 'beta'), grads,
+                              grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12, msg=name)
+        assert g.abs().max() > 1e-6, name  # every input matters, so each comparison can fail
+    assert torch.autograd.gradcheck(_WriteRead.apply, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_training_takes_the_hand_written_backward_and_inference_does_not():
+    mem = NeuralMemory(8, 8, head_dim=4, chunk_size=5)
+    x = torch.randn(2, 8, 4, 3, requires_grad=True)  # 12 tokens: 3 chunks, the last one padded
+
+    def graph_names(y):
+        seen, stack = {}, [y.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None and id(fn) not in seen:
+                seen[id(fn)] = type(fn).__name__
+                stack += [f for f, _ in fn.next_functions]
+        return set(seen.values())
+    assert '_WriteReadBackward' in graph_names(mem(x))
+    for option in (dict(memory_type='mlp'), dict(chunks_per_group=1), dict(read_mode='prev'),
+                   dict(global_query=True), dict(grad_clip=1.0)):
+        other = NeuralMemory(8, 8, head_dim=4, chunk_size=5, **option)
+        assert '_WriteReadBackward' not in graph_names(other(x)), option
+    with torch.no_grad():
+        assert mem(x).grad_fn is None
 
 
 def test_memory_module_gradcheck():
@@ -279,12 +332,12 @@ def test_bool_switches_refuse_other_values(name, bad):
         NeuralMemory(16, 16, head_dim=8, **{name: bad})
 
 
-@pytest.mark.parametrize('side, bound', [(7, 90), (56, 120)])  # one chunk of 196; 16 chunks
+@pytest.mark.parametrize('side, bound', [(7, 80), (56, 110)])  # one chunk of 196; 16 chunks
 def test_memory_dispatches_few_operations(side, bound):
     """At 224^2 a memory costs its dispatches, not its arithmetic: a bound on their number.
 
-    Measured: 85 and 114 operations (134 and 539 before the loop-free write of 2026-12, whose
-    default was the sequential form).
+    Measured: 76 and 104 operations (85 and 114 before write_read, 134 and 539 before the
+    loop-free write of 2026-12, whose default was the sequential form).
     """
     from torch.utils._python_dispatch import TorchDispatchMode
 

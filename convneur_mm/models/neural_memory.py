@@ -297,6 +297,99 @@ def group_end_weights(log_eta, log_keep, momentum=True):
     return keep_to_end[:, :1], c, _suffix_sum(log_eta).exp() if momentum else None
 
 
+def write_read(q, k, v, step, keep, weight, gamma, beta, coef, saved=None):
+    """One group of chunks written into a linear memory, then read by every query: the default path.
+
+    Args:
+        q: (G, N, d) unit queries; k, v: (G, n, d) keys and values, n >= N (a padded last chunk).
+        step: (G, n, 1) each token's share of the end state: its step size times its chunk's
+            weight from :func:`group_end_weights` (0 on padding).
+        keep: (G, 1, 1) the weight of the start state W_0 in the end state.
+        weight: (G, d, d) W_0. gamma, beta: (G, 1, d) the read's LayerNorm affine.
+        coef: -2 max_lr / d, which turns the mean over d of the squared error into -grad.
+        saved: a list that receives what :class:`_WriteRead`'s backward needs, or None.
+    Returns:
+        (G, N, d) reads ``q + gamma * LN(q W) + beta`` of the end state
+        ``W = keep W_0 + sum_i step_i rstd_i k_i^T h_i`` (h: the gradient with respect to the
+        pre-normalisation map of the token's inner loss, negated; see FastWeights._grads).
+    """
+    last = weight - weight.mean(-1, keepdim=True)  # the LayerNorm's centring, on W (normalized)
+    centred = torch.bmm(k, last)
+    rstd = rms_inverse(centred, 1e-5)
+    normed = centred * rstd
+    err = torch.addcmul(k - v + beta, normed, gamma)  # f(k) - v
+    g = err * (coef * gamma)
+    m = (g * normed).mean(-1, keepdim=True)
+    h = torch.addcmul(g, normed, m, value=-1)
+    W = torch.baddbmm(weight * keep, (k * (step * rstd)).transpose(1, 2), h)
+    pre = torch.bmm(q, W)
+    if saved is None:
+        read = F.layer_norm(pre, pre.shape[-1:], eps=1e-5)
+    else:
+        read, mean_read, rstd_read = torch.native_layer_norm(pre, pre.shape[-1:], None, None, 1e-5)
+        saved += [q, k, step, keep, weight, last, gamma, rstd, normed, err, m, h, W, pre, read,
+                  mean_read, rstd_read]
+    return torch.addcmul(q + beta, read, gamma)
+
+
+class _WriteRead(torch.autograd.Function):
+    """:func:`write_read` with a hand-written backward, used whenever the memory trains eagerly.
+
+    The memory's time goes into passes over (G, n, d) tensors. Autograd's backward of
+    :func:`write_read` makes 37 of them, with the divisions and masked fills of the normalisations'
+    backwards; this one makes 25, the read's LayerNorm backward as one fused kernel
+    (docs/benchmarks.md has the timings). It is differentiable once: a second-order gradient
+    through the memory raises.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, step, keep, weight, gamma, beta, coef):
+        saved = []
+        y = write_read(q, k, v, step, keep, weight, gamma, beta, coef, saved)
+        ctx.save_for_backward(*saved)
+        ctx.coef = coef
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (q, k, step, keep, weight, last, gamma, rstd, normed, err, m, h, W, pre, read, mean_read,
+         rstd_read) = ctx.saved_tensors
+        coef, d = ctx.coef, q.shape[-1]
+        # y = q + beta + gamma * LN(q W)
+        dgamma = (dy * read).sum(1, keepdim=True)
+        dbeta = dy.sum(1, keepdim=True)
+        dpre = torch.ops.aten.native_layer_norm_backward(
+            dy * gamma, pre, [d], mean_read, rstd_read, None, None, [True, False, False])[0]
+        dq = torch.baddbmm(dy, dpre, W.transpose(1, 2))
+        dW = torch.bmm(q.transpose(1, 2), dpre)
+        # W = keep W_0 + (k s)^T h, s = step * rstd
+        dkeep = (dW * weight).sum((-2, -1), keepdim=True)
+        s = step * rstd
+        dks = torch.bmm(h, dW.transpose(1, 2))
+        dh = torch.bmm(k * s, dW)
+        ds = (k * dks).sum(-1, keepdim=True)
+        dk = dks * s
+        # h = g - normed * m, m = mean_d(g * normed), g = coef * gamma * err
+        g = err * (coef * gamma)
+        dm = (dh * normed).sum(-1, keepdim=True).neg_()
+        dg = torch.addcmul(dh, normed, dm, value=1 / d)
+        dnormed = torch.addcmul(dh * -m, g, dm, value=1 / d)
+        derr = dg * (coef * gamma)
+        dgamma += coef * (dg * err).sum(1, keepdim=True) + (derr * normed).sum(1, keepdim=True)
+        # err = k - v + beta + gamma * normed
+        dk += derr
+        dbeta += derr.sum(1, keepdim=True)
+        dnormed.addcmul_(derr, gamma)
+        # normed = (k last) * rstd, rstd = (mean_d (k last)^2 + eps)^(-1/2)
+        drstd = ds * step + (dnormed * normed).sum(-1, keepdim=True) / rstd
+        dcentred = rstd * torch.addcmul(dnormed, normed, drstd * rstd, value=-1 / d)
+        dk.baddbmm_(dcentred, last.transpose(1, 2))
+        dlast = torch.bmm(k.transpose(1, 2), dcentred)
+        dweight = torch.addcmul(dlast - dlast.mean(-1, keepdim=True), dW, keep)
+        return dq, dk, -derr, ds * rstd, dkeep, dweight, dgamma, dbeta, None
+
+
 class NeuralMemory(nn.Module):
     """Global context map of a stage: write the tokens into a per-image memory, read them back.
 
@@ -453,13 +546,15 @@ class NeuralMemory(nn.Module):
         B, _, H, W = x.shape
         N, nh, d = H * W, self.num_heads, self.head_dim
         tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))
-        qkv = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).permute(2, 0, 3, 1, 4)
+        # split, not sliced: the backward of a slice or select fills a zero tensor of the whole
+        # qkv map and copies into it, once per piece; a split's is one concatenation
+        qk, v = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).split((2, 1), dim=2)
         # unit q and k (F.normalize's formula), both in one pass
-        q, k = (qkv[:2] / torch.linalg.vector_norm(qkv[:2], dim=-1, keepdim=True).clamp_min(1e-12)
-                ).unbind(0)
+        qk = qk * torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, N, d) each
         if self.center_keys:
             k = k - k.mean(2, keepdim=True)
-        return tokens, q, k, qkv[2]
+        return tokens, q, k, v.squeeze(2).transpose(1, 2)
 
     def _forward(self, x):
         B, _, H, W = x.shape
@@ -514,6 +609,7 @@ class NeuralMemory(nn.Module):
 
         lr = torch.sigmoid(logits[..., :nh])  # per-token step / (max_lr / d), (B, N, nh)
         means = logits[..., nh:]
+        queries = q
         if pad:
             # The last chunk is padded and masked (lr = 0, excluded from the chunk means), not dropped.
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -528,6 +624,22 @@ class NeuralMemory(nn.Module):
         means = means.view(B, T, 2, nh).permute(2, 0, 3, 1).reshape(2, G, T)
         log_eta, log_keep = F.logsigmoid(means[0]), F.logsigmoid(-means[1])
 
+        P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
+        if (P == writes == T and self.read_mode == 'final' and self.grad_clip is None
+                and self.memory.memory_type == 'linear' and self.global_query is None
+                and self.surprise is None):
+            # the default: one group, read at its end (see write_read)
+            if T == 1:
+                keep, step = log_keep.exp().view(G, 1, 1), lr
+            else:
+                keep, c, _ = group_end_weights(log_eta, log_keep, momentum=False)
+                keep = keep.view(G, 1, 1)
+                step = lr * c[:, 1:].unsqueeze(-1).expand(G, T, L).reshape(G, T * L, 1)
+            args = (queries, k, v, step, keep, weights[0], gamma, beta, -2 * self.max_lr / d)
+            if torch.is_grad_enabled() and not self._must_run_eagerly():
+                return _WriteRead.apply(*args)
+            return write_read(*args)
+
         # The inner loss sum_i theta_i mean_d (k_i + gamma * normed_i + beta - v_i)^2 has the
         # gradient lr * (c0 + c1 * normed) with respect to the normalised map, with
         # theta = (max_lr / d) * lr, c0 = 2 (max_lr / d) gamma (k + beta - v) and
@@ -537,7 +649,6 @@ class NeuralMemory(nn.Module):
         c1 = scale * gamma
         c0 = torch.addcmul(scale * beta, k - v, scale)
 
-        P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
         # With 'final' reads (and no clip, which needs each chunk's gradient) only the end state
         # of a group is ever used, and it is a weighted sum of the group's chunk gradients, which
         # are sums over tokens: one product per group, no per-chunk gradient or state.
