@@ -636,6 +636,7 @@ class NeuralMemory(nn.Module):
                 keep = keep.view(G, 1, 1)
                 step = lr * c[:, 1:].unsqueeze(-1).expand(G, T, L).reshape(G, T * L, 1)
             args = (queries, k, v, step, keep, weights[0], gamma, beta, -2 * self.max_lr / d)
+            # tracing, export and compilers record the plain function's operations instead
             if torch.is_grad_enabled() and not self._must_run_eagerly():
                 return _WriteRead.apply(*args)
             return write_read(*args)
