@@ -187,10 +187,11 @@ def test_training_takes_the_hand_written_backward_and_inference_does_not():
         assert mem(x).grad_fn is None
 
 
-def test_memory_module_gradcheck():
+@pytest.mark.parametrize('memory_type', ['linear', 'mlp'])  # linear: the hand-written backward
+def test_memory_module_gradcheck(memory_type):
     """The whole branch (projections, scan, output) against finite differences, in float64."""
     torch.manual_seed(0)
-    mem = NeuralMemory(4, 8, head_dim=4, chunk_size=3, memory_type='mlp').double()
+    mem = NeuralMemory(4, 8, head_dim=4, chunk_size=3, memory_type=memory_type).double()
     x = torch.randn(1, 4, 2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(mem, (x,), eps=1e-6, atol=1e-6)
 
