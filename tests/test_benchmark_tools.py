@@ -334,6 +334,18 @@ def test_compare_real_keeps_runs_of_other_budgets_apart():
     assert tool.backbone_checkpoint(Args, 'resnet18 gcnet') == \
         osp.join('w', 'scenes-cls', 'resnet18', 'seed0', 'backbone.pth')
 
+    # a longer pre-training: its own classifier, and fine-tuning from it in a folder of its own
+    Args.budget = {'scenes-det-ft': {'max_iters': 300}, 'scenes-cls': {'max_epochs': 2}}
+    assert tool.backbone_checkpoint(Args, 'convneur-m1') == \
+        osp.join('w', 'scenes-cls-2ep', 'convneur-m1', 'seed0', 'backbone.pth')
+    assert tool.run_dir(Args, 'scenes-det-ft', 'convneur-m1', 1) == \
+        osp.join('w', 'scenes-det-ft-pre2ep', 'convneur-m1', 'seed1')
+    Args.budget['scenes-det-ft'] = {'max_iters': 600}
+    assert tool.run_dir(Args, 'scenes-det-ft', 'convneur-m1', 1) == \
+        osp.join('w', 'scenes-det-ft-600it-pre2ep', 'convneur-m1', 'seed1')
+    assert tool.run_dir(Args, 'scenes-det', 'convneur-m1', 1) == \
+        osp.join('w', 'scenes-det', 'convneur-m1', 'seed1')  # from scratch: no pre-training
+
 
 def test_compare_real_runs_the_pretraining_that_finetuning_needs_first(tmp_path):
     (tmp_path / 'fashion_scenes').mkdir()

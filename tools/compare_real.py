@@ -15,7 +15,8 @@ command per table (``TABLES``, listed by ``--help``), each sized for about 90 mi
     python tools/compare_real.py --tasks scenes-seg scenes-seg-ft --runs convneur-m1 --seeds 0
 
 ``scenes-det`` / ``scenes-seg`` train from scratch; the ``-ft`` tasks start every backbone from
-its own ``scenes-cls`` classifier (seed 0, loaded with ``prefix='backbone.'``), which runs first.
+its own ``scenes-cls`` classifier (seed 0, loaded with ``prefix='backbone.'``), which runs first;
+``--budget scenes-cls=2`` fine-tunes from two-epoch classifiers, in a folder of their own.
 They also hold ResNet-18 and ConvNeXt-V2-atto with a memory gate, GCNet's ContextBlock or
 NonLocal2d after stages 2-4 (``--runs "resnet18 memory-gate"``), each read against the bare peer.
 Recipe choices are made on the validation scenes (``--split val``, the default); ``--split test``
@@ -378,15 +379,23 @@ def job_of(result):
 
 def run_dir(args, task, name, seed):
     """``<work_dir>/<task>/<run>/seed<k>``; a budget other than the task's default adds its value
-    to the task's folder (``scenes-seg-ft-300it``), so that runs of different budgets never stand
-    in for each other."""
-    folder = task
-    budget = getattr(args, 'budget', {}).get(task, TASKS[task]['budget'])
-    if budget != TASKS[task]['budget']:
-        (key, n), = budget.items()
-        folder += f'-{n}{"ep" if key == "max_epochs" else "it"}'
+    to the task's folder (``scenes-seg-ft-300it``), and so does a fine-tuning's pre-training budget
+    (``scenes-det-ft-pre2ep``), so that runs of different budgets never stand in for each other."""
+    folder = task + _budget_suffix(args, task)
+    pretrain = TASKS[task].get('pretrain')
+    if pretrain and _budget_suffix(args, pretrain):
+        folder += '-pre' + _budget_suffix(args, pretrain)[1:]
     return osp.join(args.work_dir, folder, name.replace(' ', '_').replace('=', '-'),
                     f'seed{seed}')
+
+
+def _budget_suffix(args, task):
+    """'' for the task's default budget, else ``-<n>ep`` or ``-<n>it``."""
+    budget = getattr(args, 'budget', {}).get(task, TASKS[task]['budget'])
+    if budget == TASKS[task]['budget']:
+        return ''
+    (key, n), = budget.items()
+    return f'-{n}{"ep" if key == "max_epochs" else "it"}'
 
 
 def pretraining(name):
