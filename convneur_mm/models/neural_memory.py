@@ -390,6 +390,57 @@ class _WriteRead(torch.autograd.Function):
         return dq, dk, -derr, ds * rstd, dkeep, dweight, dgamma, dbeta, None
 
 
+def unit_qkv(x, num_heads, head_dim, saved=None):
+    """The memory's queries, keys and values from the ``qkv`` projection: silu, q and k at unit norm.
+
+    Args:
+        x: (B, N, 3 * nh * d) pre-activations, laid out as (3, nh, d) per token.
+        saved: a list that receives what :class:`_UnitQKV`'s backward needs, or None.
+    Returns:
+        q, k, v: (B, nh, N, d) views (not copies) of two (B, N, ., nh, d) tensors.
+    """
+    B, N, _ = x.shape
+    # split, not sliced: the backward of a slice fills a zero tensor of the whole map per piece
+    qk, v = F.silu(x).view(B, N, 3, num_heads, head_dim).split((2, 1), dim=2)
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True)
+    qk = qk * norm.clamp_min(1e-12).reciprocal()  # F.normalize's formula, q and k in one pass
+    if saved is not None:
+        saved += [x, qk, norm]
+    q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v.squeeze(2).transpose(1, 2)
+
+
+class _UnitQKV(torch.autograd.Function):
+    """:func:`unit_qkv` with a hand-written backward, used whenever the memory trains eagerly.
+
+    Autograd's backward of the unit normalisation divides, masks and adds over the whole map, and
+    the split's and the unbind's backwards concatenate and stack the pieces; this one writes the
+    three gradients straight into the pieces of one buffer: a third fewer token-sized passes
+    (docs/benchmarks.md has the timings). Differentiable once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, num_heads, head_dim):
+        saved = []
+        q, k, v = unit_qkv(x, num_heads, head_dim, saved)
+        ctx.save_for_backward(*saved)
+        return q, k, v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dq, dk, dv):
+        x, qk, norm = ctx.saved_tensors
+        grad = torch.empty(qk.shape[:2] + (3,) + qk.shape[3:], dtype=x.dtype, device=x.device)
+        gq, gk, gv = grad.permute(2, 0, 3, 1, 4).unbind(0)
+        gv.copy_(dv)
+        # z = u / max(|u|, 1e-12): du = (dz - z <dz, z>) / |u|, or dz / 1e-12 where the clamp holds
+        pieces = (t.permute(2, 0, 3, 1, 4).unbind(0) for t in (qk, norm))
+        for dz, z, n, out in zip((dq, dk), *pieces, (gq, gk)):
+            dot = torch.linalg.vecdot(dz, z).unsqueeze(-1).masked_fill_(n < 1e-12, 0)
+            torch.mul(torch.addcmul(dz, z, dot, value=-1), n.clamp_min(1e-12).reciprocal(), out=out)
+        return torch.ops.aten.silu_backward(grad.view(x.shape), x), None, None
+
+
 class NeuralMemory(nn.Module):
     """Global context map of a stage: write the tokens into a per-image memory, read them back.
 
@@ -543,18 +594,12 @@ class NeuralMemory(nn.Module):
     def project(self, x):
         """(B, C, H, W) -> tokens (B, N, C_m) in raster order, and q, k, v (B, nh, N, d): unit
         queries and keys (keys centred if ``center_keys``), as the write and the read use them."""
-        B, _, H, W = x.shape
-        N, nh, d = H * W, self.num_heads, self.head_dim
         tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))
-        # split, not sliced: the backward of a slice or select fills a zero tensor of the whole
-        # qkv map and copies into it, once per piece; a split's is one concatenation
-        qk, v = F.silu(self.qkv(tokens)).view(B, N, 3, nh, d).split((2, 1), dim=2)
-        # unit q and k (F.normalize's formula), both in one pass
-        qk = qk * torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()
-        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, N, d) each
+        qkv = _UnitQKV.apply if torch.is_grad_enabled() and not self._must_run_eagerly() else unit_qkv
+        q, k, v = qkv(self.qkv(tokens), self.num_heads, self.head_dim)
         if self.center_keys:
             k = k - k.mean(2, keepdim=True)
-        return tokens, q, k, v.squeeze(2).transpose(1, 2)
+        return tokens, q, k, v
 
     def _forward(self, x):
         B, _, H, W = x.shape
@@ -608,38 +653,41 @@ class NeuralMemory(nn.Module):
             return self._final_read(weights, q, gamma, beta, B)
 
         lr = torch.sigmoid(logits[..., :nh])  # per-token step / (max_lr / d), (B, N, nh)
+        # eta, alpha per chunk from the mean logit of its tokens (a padded last chunk: of its
+        # valid ones), kept as logs: (G, T)
         means = logits[..., nh:]
-        queries = q
         if pad:
-            # The last chunk is padded and masked (lr = 0, excluded from the chunk means), not dropped.
-            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            lr = F.pad(lr, (0, 0, 0, pad))
             counts = torch.full((T, 1), float(L), device=q.device, dtype=q.dtype)
             counts[-1] = L - pad
             means = F.pad(means, (0, 0, 0, pad)).unflatten(1, (T, L)).sum(2) / counts
         else:
             means = means.unflatten(1, (T, L)).mean(2)
-        lr = lr.transpose(1, 2).reshape(G, T * L, 1)
-        # eta, alpha per chunk from the mean logit of its valid tokens, kept as logs: (G, T)
         means = means.view(B, T, 2, nh).permute(2, 0, 3, 1).reshape(2, G, T)
         log_eta, log_keep = F.logsigmoid(means[0]), F.logsigmoid(-means[1])
+        lr = lr.transpose(1, 2).reshape(G, N, 1)
 
         P = writes if self.chunks_per_group is None else min(self.chunks_per_group, writes)
         if (P == writes == T and self.read_mode == 'final' and self.grad_clip is None
                 and self.memory.memory_type == 'linear' and self.global_query is None
                 and self.surprise is None):
-            # the default: one group, read at its end (see write_read)
+            # the default: one group, read at its end (see write_read); every token's step
+            # carries its chunk's weight, so the tokens need no padding to whole chunks
             if T == 1:
                 keep, step = log_keep.exp().view(G, 1, 1), lr
             else:
                 keep, c, _ = group_end_weights(log_eta, log_keep, momentum=False)
                 keep = keep.view(G, 1, 1)
-                step = lr * c[:, 1:].unsqueeze(-1).expand(G, T, L).reshape(G, T * L, 1)
-            args = (queries, k, v, step, keep, weights[0], gamma, beta, -2 * self.max_lr / d)
+                step = lr * c[:, 1:].unsqueeze(-1).expand(G, T, L).reshape(G, T * L, 1)[:, :N]
+            args = (q, k, v, step, keep, weights[0], gamma, beta, -2 * self.max_lr / d)
             # tracing, export and compilers record the plain function's operations instead
             if torch.is_grad_enabled() and not self._must_run_eagerly():
                 return _WriteRead.apply(*args)
             return write_read(*args)
+
+        queries = q
+        if pad:
+            # The last chunk is padded and masked (lr = 0), not dropped.
+            q, k, v, lr = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, lr))
 
         # The inner loss sum_i theta_i mean_d (k_i + gamma * normed_i + beta - v_i)^2 has the
         # gradient lr * (c0 + c1 * normed) with respect to the normalised map, with
