@@ -7,6 +7,7 @@ be resumed on a machine whose ``work_dirs`` are gone.
 import os
 import os.path as osp
 import shutil
+import subprocess
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -31,3 +32,21 @@ def find(path, archived):
             shutil.copyfile(path, archived)
         return path
     return archived if archived and osp.exists(archived) else None
+
+
+def code_version():
+    """The commit a run's code comes from (short hash), with ``+uncommitted`` when the package,
+    the tools or the configs differ from it; None outside a git checkout.
+
+    Recorded in every result, so that rows trained on different code are never read as one
+    experiment.
+    """
+    def git(*argv):
+        return subprocess.run(['git', *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        commit = git('rev-parse', '--short=12', 'HEAD')
+        changed = git('status', '--porcelain', '--', 'convneur_mm', 'tools', 'configs')
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ('+uncommitted' if changed else '')

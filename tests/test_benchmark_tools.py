@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from convneur_mm import archive
 from convneur_mm.analysis import count_flops
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -183,6 +184,27 @@ def test_compare_real_resumes_a_run_cut_off_midway(tmp_path, monkeypatch):
     assert calls[0] == ([str(fresh / 'config.py'), '--work-dir', str(fresh)], 'w')
     assert calls[1] == ([str(cut / 'config.py'), '--work-dir', str(cut), '--resume'], 'a')
     assert 'resumed' not in first and second['resumed'] is True
+    assert first['code'] == archive.code_version()  # the code each run used is recorded
+
+
+def test_code_version_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch):
+    def git(*argv):
+        subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *argv], cwd=tmp_path,
+                       check=True, capture_output=True)
+    monkeypatch.setattr(archive, 'REPO', str(tmp_path))
+    assert archive.code_version() is None  # not a git checkout
+    git('init', '-q')
+    (tmp_path / 'convneur_mm').mkdir()
+    (tmp_path / 'convneur_mm' / 'x.py').write_text('a = 1\n')
+    git('add', '.')
+    git('commit', '-qm', 'x')
+    commit = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=tmp_path,
+                            capture_output=True, text=True).stdout.strip()
+    assert archive.code_version() == commit
+    (tmp_path / 'notes.md').write_text('docs do not change a result\n')
+    assert archive.code_version() == commit
+    (tmp_path / 'convneur_mm' / 'x.py').write_text('a = 2\n')
+    assert archive.code_version() == commit + '+uncommitted'
 
 
 def summary_args(task, split, budget):

@@ -471,7 +471,7 @@ def _run_tool(tool, argv, log_path, threads, mode='w'):
 
 
 def train(task, name, seed, work_dir, threads, args):
-    t = time.perf_counter()
+    t, code = time.perf_counter(), archive.code_version()
     argv = [osp.join(work_dir, 'config.py'), '--work-dir', work_dir]
     # an unfinished run with a checkpoint was cut off: it goes on from there, and so does its log
     resume = osp.isfile(osp.join(work_dir, 'last_checkpoint'))
@@ -484,8 +484,8 @@ def train(task, name, seed, work_dir, threads, args):
                            f'see {osp.join(work_dir, "train.log")}')
     if task == 'scenes-cls':
         export_backbone(work_dir)
-    result = dict(task=task, run=name, seed=seed, seconds=seconds, **metrics)
-    if resume:  # its seconds are those of the last part only
+    result = dict(task=task, run=name, seed=seed, seconds=seconds, code=code, **metrics)
+    if resume:  # its seconds and code are those of the last part only
         result['resumed'] = True
     save_result(args, work_dir, result)
     return result

@@ -236,6 +236,7 @@ def load_pools(cache):
 
 
 def train_one(task, variant, seed, args, checkpoint=None):
+    code = archive.code_version()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pools = load_pools(args.cache)
@@ -250,7 +251,7 @@ def train_one(task, variant, seed, args, checkpoint=None):
                          log_every=args.log_every, track=track,
                          tag=f'{task} | {variant} | seed {seed}', checkpoint=checkpoint)
     return dict(task=task, variant=variant, seed=seed, iters=args.iters, batch=args.batch,
-                size=args.size, stages=args.stages, **result)
+                size=args.size, stages=args.stages, code=code, **result)
 
 
 def sensitivity(variant, seed, args, pool):
