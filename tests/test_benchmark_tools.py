@@ -104,6 +104,22 @@ def test_benchmark_baseline_builds_a_revisions_convneur_beside_this_one():
     assert out.returncode == 2 and '--baseline HEAD times nothing unless --models' in out.stderr
 
 
+def test_benchmark_times_the_memories_alone_forward_and_backward():
+    from convneur_mm import ConvNeur
+    step_of = load_tool('benchmark').make_memory_train_step
+    x = torch.randn(1, 3, 64, 64)
+    assert step_of(ConvNeur('m1', memory_placement='none').eval(), x) is None
+    model = ConvNeur('m1').eval()
+    step = step_of(model, x)
+    reached = set()
+    for name, p in model.named_parameters():
+        p.register_hook(lambda g, name=name: reached.add(name))
+    step()
+    # every memory parameter gets its gradient, nothing else runs, and the model is left as found
+    assert reached == {n for n, _ in model.named_parameters() if '.memory.' in n}
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
 def test_benchmark_small_run(tmp_path):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models', 'convneur-m1',
            'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '1',

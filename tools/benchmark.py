@@ -23,7 +23,8 @@ is the same network with ``compile_memory=True``; ``convneur-mX-local`` has no m
 difference is the memory's share of the time. ``convneur-mX-baseline`` and
 ``convneur-mX-local-baseline`` are the same two networks as the git revision ``--baseline`` builds
 them, so that a change is timed before and after in one interleaved run. At 512^2 a forward +
-backward step is also timed.
+backward step is also timed, and on a CPU the memory modules' own forward + backward on the
+inputs they get in that step.
 
 Results go to ``--out`` (default ``work_dirs/benchmark``): results.csv, results.md and PNG plots.
 """
@@ -405,6 +406,37 @@ def make_train_step(model, x):
     return step
 
 
+def make_memory_train_step(model, x):
+    """The model's memory modules alone, forward + backward in training mode, on the inputs they
+    get from ``x``: the memory's part of a training step, measured directly rather than as the
+    difference of two networks' steps. None for a model without memories (found by class name)."""
+    memories = [m for m in model.modules() if type(m).__name__ == 'NeuralMemory']
+    if not memories:
+        return None
+    inputs = []
+    handles = [m.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+               for m in memories]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def step():
+        model.train()
+        try:
+            for memory, inp in zip(memories, inputs):
+                # the input's gradient too: in a step it flows on into the local branch
+                memory(inp.requires_grad_()).float().mean().backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            for inp in inputs:
+                inp.grad = None
+            model.eval()
+    return step
+
+
 def fit_exponent(pixels, values):
     """Slope of log(value) against log(pixels) by least squares (None with < 2 points)."""
     pts = [(math.log(p), math.log(v)) for p, v in zip(pixels, values) if v]
@@ -475,10 +507,15 @@ def run(args):
                                  params=count_params(model), flops=flops, times=[],
                                  peak_mem=peak_memory(forward, device), forward=forward, x=x,
                                  train_times=[], train_step=None, memory_times=[],
+                                 memory_train_times=[], memory_train_step=None,
                                  clock=MemoryClock(model) if device.type == 'cpu' else None)
             if size in TRAIN_SIZES and name.startswith('convneur'):
                 results[name]['train_step'] = make_train_step(model, x)
                 results[name]['train_step']()  # warm-up (and compilation of the backward)
+                if device.type == 'cpu':  # on a GPU a call returns before its kernels finish
+                    results[name]['memory_train_step'] = make_memory_train_step(model, x)
+                if results[name]['memory_train_step'] is not None:
+                    results[name]['memory_train_step']()
             log(f'  {name:<20} {flops / 1e9:8.2f} GFLOPs, first run {first * 1e3:8.1f} ms '
                 f'(set-up {time.perf_counter() - t0:.1f} s)')
         # fewer rounds where one pass takes seconds
@@ -495,6 +532,9 @@ def run(args):
                     results[name]['memory_times'].append(clock.seconds)
                 if results[name]['train_step'] is not None:
                     results[name]['train_times'].append(timer(results[name]['train_step']))
+                if results[name]['memory_train_step'] is not None:
+                    results[name]['memory_train_times'].append(
+                        timer(results[name]['memory_train_step']))
             log(f'  round {r + 1}/{rounds} done')
         batch = (max(1, round(args.throughput_batch * 224 * 224 / (h * w)))
                  if args.throughput_batch else 1)
@@ -508,6 +548,8 @@ def run(args):
                                if res['train_times'] else None)
             res['memory_ms'] = (statistics.median(res['memory_times']) * 1e3
                                 if res['memory_times'] else None)
+            res['memory_train_ms'] = (statistics.median(res['memory_train_times']) * 1e3
+                                      if res['memory_train_times'] else None)
             if res['clock'] is not None:
                 res['clock'].remove()
             if batch > 1:
@@ -522,7 +564,9 @@ def run(args):
                 + (f', {res["throughput"]:.1f} img/s at batch {batch}' if res['throughput'] else '')
                 + (f', peak +{res["peak_mem"] / 2**20:.0f} MiB' if res['peak_mem'] is not None else '')
                 + (f', forward+backward {res["train_ms"]:.1f} ms' if res['train_ms'] else '')
-                + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else ''))
+                + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else '')
+                + (f', its memories alone forward+backward {res["memory_train_ms"]:.1f} ms'
+                   if res['memory_train_ms'] else ''))
             if name in args.profile:
                 # on a GPU the batched pass, where kernels rather than launches take the time
                 if device.type == 'cuda' and batch > 1:
@@ -530,7 +574,7 @@ def run(args):
                 else:
                     profile(name, size, res['forward'], args.out, device)
             for key in ('forward', 'x', 'times', 'train_times', 'train_step', 'memory_times',
-                        'clock'):
+                        'memory_train_times', 'memory_train_step', 'clock'):
                 del res[key]
             rows.append(res)
         for name in results:
@@ -596,6 +640,10 @@ def targets(rows, fitted):
                     share = 1 - local['train_ms'] / full['train_ms']
                     checks.append((f'{name} @{size}: memory branch <= 25% of a forward+backward '
                                    f'step', f'{share:.1%}', share <= 0.25))
+                if full.get('train_ms') and full.get('memory_train_ms'):
+                    checks.append((f'{name} @{size}: its memories alone, forward+backward, over '
+                                   f'the step (for information)',
+                                   f'{full["memory_train_ms"] / full["train_ms"]:.1%}', None))
             for size, median in conv_median.items():
                 full = by(rows, name, size)
                 if full:
@@ -618,7 +666,7 @@ def write_outputs(rows, device, args):
     out.mkdir(parents=True, exist_ok=True)
     fields = ['model', 'family', 'size', 'height', 'width', 'params', 'flops', 'latency_ms',
               'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem', 'train_ms',
-              'memory_ms']
+              'memory_ms', 'memory_train_ms']
     with open(out / 'results.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
@@ -641,16 +689,18 @@ def write_outputs(rows, device, args):
         h, w = SIZES[size]
         lines += [f'### {h}x{w}', '',
                   '| model | params (M) | GFLOPs | latency (ms, batch 1) | in its memories (ms) | '
-                  'GFLOP/s | throughput (img/s) | peak memory (MiB) | forward+backward (ms) |',
-                  '|---|---|---|---|---|---|---|---|---|']
+                  'GFLOP/s | throughput (img/s) | peak memory (MiB) | forward+backward (ms) | '
+                  'its memories alone, forward+backward (ms) |',
+                  '|---|---|---|---|---|---|---|---|---|---|']
         for r in sized:
             tput = f'{r["throughput"]:.1f} (b{r["batch"]})' if r['throughput'] else '-'
             mem = f'{r["peak_mem"] / 2**20:.0f}' if r['peak_mem'] is not None else '-'
             train = f'{r["train_ms"]:.1f}' if r['train_ms'] else '-'
             inside = f'{r["memory_ms"]:.1f}' if r['memory_ms'] else '-'
+            alone = f'{r["memory_train_ms"]:.1f}' if r['memory_train_ms'] else '-'
             lines.append(f'| {r["model"]} | {r["params"] / 1e6:.2f} | {r["flops"] / 1e9:.2f} | '
                          f'{r["latency_ms"]:.1f} | {inside} | {r["gflops_per_s"]:.1f} | {tput} | '
-                         f'{mem} | {train} |')
+                         f'{mem} | {train} | {alone} |')
         lines.append('')
     if fitted:
         lines += ['### Exponents against pixel count (log-log least squares)', '',
