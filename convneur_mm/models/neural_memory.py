@@ -301,9 +301,10 @@ def write_read(q, k, v, step, keep, weight, gamma, beta, coef, saved=None):
     """One group of chunks written into a linear memory, then read by every query: the default path.
 
     Args:
-        q: (G, N, d) unit queries; k, v: (G, n, d) keys and values, n >= N (a padded last chunk).
+        q: (G, N, d) unit queries; k, v: (G, n, d) keys and values (the module passes n = N;
+            extra tokens, such as padding with step 0, are written and not read).
         step: (G, n, 1) each token's share of the end state: its step size times its chunk's
-            weight from :func:`group_end_weights` (0 on padding).
+            weight from :func:`group_end_weights`.
         keep: (G, 1, 1) the weight of the start state W_0 in the end state.
         weight: (G, d, d) W_0. gamma, beta: (G, 1, d) the read's LayerNorm affine.
         coef: -2 max_lr / d, which turns the mean over d of the squared error into -grad.
