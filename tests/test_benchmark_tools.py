@@ -203,6 +203,20 @@ def test_compare_real_resumes_a_run_cut_off_midway(tmp_path, monkeypatch):
     assert first['code'] == archive.code_version()  # the code each run used is recorded
 
 
+def test_compare_real_writes_every_result_with_its_code(tmp_path):
+    tool = load_tool('compare_real')
+    results = [dict(task='scenes-det', run='convneur-m1', seed=0, seconds=9.0, code='abc',
+                    resumed=True, **{'bbox mAP': 40.0, 'segm mAP': 41.0},
+                    test={'bbox mAP': 39.0, 'segm mAP': 40.5}),
+               dict(task='scenes-det', run='resnet18', seed=0, seconds=8.0,  # archived earlier
+                    **{'bbox mAP': 45.0, 'segm mAP': 46.0})]
+    tool.write_results(str(tmp_path), results)
+    with open(tmp_path / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['run'], r['code'], r['resumed'], r['test bbox mAP']) for r in rows] == \
+        [('convneur-m1', 'abc', 'True', '39.0'), ('resnet18', '', '', '')]
+
+
 def test_code_version_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch):
     def git(*argv):
         subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *argv], cwd=tmp_path,

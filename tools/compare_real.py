@@ -554,7 +554,8 @@ def table_rows(args, task, results, jobs):
 def write_results(folder, results):
     """Every single result of a table, one row per run, to ``folder/results.csv``."""
     metrics = list(dict.fromkeys(m for t in TASKS for m in TASKS[t]['metrics']))
-    fields = ['task', 'run', 'seed', 'seconds'] + metrics + [f'test {m}' for m in metrics]
+    fields = (['task', 'run', 'seed', 'seconds', 'code', 'resumed'] + metrics
+              + [f'test {m}' for m in metrics])
     os.makedirs(folder, exist_ok=True)
     with open(osp.join(folder, 'results.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fields)
