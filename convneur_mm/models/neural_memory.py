@@ -592,11 +592,16 @@ class NeuralMemory(nn.Module):
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
                 or self.surprise is not None)
 
+    def _hand_written_backward(self):
+        """Whether this pass takes the hand-written backwards (_UnitQKV, _WriteRead): in eager
+        training only; tracing, export and compilers record the plain functions' operations."""
+        return torch.is_grad_enabled() and not self._must_run_eagerly()
+
     def project(self, x):
         """(B, C, H, W) -> tokens (B, N, C_m) in raster order, and q, k, v (B, nh, N, d): unit
         queries and keys (keys centred if ``center_keys``), as the write and the read use them."""
         tokens = self.norm(self.reduce(x.flatten(2).transpose(1, 2)))
-        qkv = _UnitQKV.apply if torch.is_grad_enabled() and not self._must_run_eagerly() else unit_qkv
+        qkv = _UnitQKV.apply if self._hand_written_backward() else unit_qkv
         q, k, v = qkv(self.qkv(tokens), self.num_heads, self.head_dim)
         if self.center_keys:
             k = k - k.mean(2, keepdim=True)
@@ -680,10 +685,7 @@ class NeuralMemory(nn.Module):
                 keep = keep.view(G, 1, 1)
                 step = lr * c[:, 1:].unsqueeze(-1).expand(G, T, L).reshape(G, T * L, 1)[:, :N]
             args = (q, k, v, step, keep, weights[0], gamma, beta, -2 * self.max_lr / d)
-            # tracing, export and compilers record the plain function's operations instead
-            if torch.is_grad_enabled() and not self._must_run_eagerly():
-                return _WriteRead.apply(*args)
-            return write_read(*args)
+            return _WriteRead.apply(*args) if self._hand_written_backward() else write_read(*args)
 
         queries = q
         if pad:
