@@ -122,6 +122,24 @@ def memory_stats(model, inputs):
     return stats
 
 
+def load_image(path, size=None, preprocessor=None):
+    """An image file as the model sees it: (uint8 (H, W, 3) array, normalised (1, 3, H, W) tensor).
+
+    ``size`` (H, W) resizes it first (bilinear); ``preprocessor`` is a config's
+    ``data_preprocessor`` dict, whose ``mean`` and ``std`` (RGB) normalise it.
+    """
+    import numpy as np
+    from PIL import Image
+    image = Image.open(path).convert('RGB')
+    if size:
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32)
+    mean = np.array((preprocessor or {}).get('mean', (0., 0., 0.)), np.float32)
+    std = np.array((preprocessor or {}).get('std', (1., 1., 1.)), np.float32)
+    x = torch.from_numpy((array - mean) / std).permute(2, 0, 1)[None].contiguous()
+    return array.astype(np.uint8), x
+
+
 def write_strength(model, inputs):
     """``||G - G_no-write|| / ||G||`` of every memory in ``model`` on ``inputs``: name -> float.
 

@@ -168,3 +168,49 @@ def test_visualize_memory_resets_parameters_to_init(tmp_path):
     assert {p.name for p in (tmp_path / 'out').iterdir()} >= {'stage1.png', 'surprise.png'}
     out = run('init', '--reset-to-init', 'stages.9.*')
     assert out.returncode != 0 and "'stages.9.*' matches no backbone parameter" in out.stderr
+
+
+def test_write_strength_tool_reads_training_work_dirs(tmp_path):
+    """tools/analysis/write_strength.py: per run and per memory the write strength of the
+    checkpoint that ``last_checkpoint`` names, the mean over runs, and the untrained rows once
+    per distinct model; a folder that is not a work directory is named in the error."""
+    from mmengine.config import Config
+    from PIL import Image
+
+    from convneur_mm.engine.launch import build_task_model
+    config = Config.fromfile(REPO / 'configs/demo/convneur-m1_fashion-mnist.py')
+    images = tmp_path / 'images'
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / f'{i}.png')
+    runs = []
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        run = tmp_path / f'seed{seed}'
+        run.mkdir()
+        config.dump(str(run / 'config.py'))
+        torch.manual_seed(0)
+        model = build_task_model(Config.fromfile(run / 'config.py'))
+        model.init_weights()
+        with torch.no_grad():  # "training" that changes stage 4's memory only
+            model.backbone.stages[3].memory.qkv.weight.mul_(scale)
+        torch.save(dict(state_dict=model.state_dict()), run / 'iter_1.pth')
+        (run / 'last_checkpoint').write_text(str(run / 'iter_1.pth'))
+        runs.append(str(run))
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(REPO / 'tools/analysis/write_strength.py'),
+                               *args, '--images', str(images)], capture_output=True, text=True,
+                              timeout=300)
+
+    out = run(*runs, '--init')
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = {line.split(' | ')[0].strip('| '): line.split(' | ')[1:]
+            for line in out.stdout.splitlines() if line.startswith('| ')}
+    # seed0 is the untrained model; the untrained rows appear once, the models being the same
+    untrained = rows[f'{runs[0]}/config.py']
+    assert rows[runs[0]] == untrained and len(untrained) == 4 and f'{runs[1]}/config.py' not in rows
+    assert rows[runs[1]][:3] == untrained[:3] and rows[runs[1]][3] != untrained[3]
+    assert 'mean ± 95% CI (2 runs)' in rows and len(rows['smallest']) == 4
+    out = run(str(images))
+    assert out.returncode != 0 and 'expected one config (*.py)' in out.stderr

@@ -1,11 +1,12 @@
 """Config checks and launch set-up shared by tools/train.py, tools/test.py and the other tools."""
 import argparse
 import importlib
+import logging
 import os.path as osp
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.registry import init_default_scope
 
 def key_value(text):
@@ -62,6 +63,28 @@ def build_task_model(cfg):
     if cfg.get('data_preprocessor') and 'data_preprocessor' not in cfg.model:
         cfg.model.data_preprocessor = cfg.data_preprocessor
     return importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
+
+
+def build_trained_model(cfg, checkpoint):
+    """:func:`build_task_model`, initialised (seed 0, the backbone's ``init_cfg`` dropped, so
+    nothing is downloaded) and loaded from ``checkpoint``: a file, or ``'init'`` for the
+    untrained model, as in tools/test.py. The model is returned in eval mode."""
+    if checkpoint != 'init' and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist (or pass "init")')
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = build_task_model(cfg)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights reports every parameter at INFO
+    try:
+        model.init_weights()
+        if checkpoint != 'init':
+            from mmengine.runner import load_checkpoint
+            load_checkpoint(model, checkpoint, map_location='cpu', logger='current')
+    finally:
+        logger.setLevel(level)
+    return model.eval()
 
 
 def check_datasets(cfg, config_path, loaders=('train_dataloader', 'val_dataloader')):

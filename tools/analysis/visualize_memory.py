@@ -16,31 +16,17 @@ Writes:
 """
 import argparse
 import fnmatch
-import logging
 import os
 import os.path as osp
 
 import numpy as np
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
 
 from convneur_mm import NeuralMemory
-from convneur_mm.analysis import memory_stats
-from convneur_mm.engine.launch import build_task_model, key_value
+from convneur_mm.analysis import load_image, memory_stats
+from convneur_mm.engine.launch import build_trained_model, key_value
 from convneur_mm.models import ConvNeurBlock
-
-
-def load_image(path, size, preprocessor):
-    from PIL import Image
-    image = Image.open(path).convert('RGB')
-    if size:
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
-    array = np.asarray(image, dtype=np.float32)
-    mean = np.array((preprocessor or {}).get('mean', (0., 0., 0.)), np.float32)
-    std = np.array((preprocessor or {}).get('std', (1., 1., 1.)), np.float32)
-    x = torch.from_numpy((array - mean) / std).permute(2, 0, 1)[None].contiguous()
-    return array.astype(np.uint8), x
 
 
 def capture(backbone, x):
@@ -91,8 +77,6 @@ def main():
     args = parser.parse_args()
     if not osp.isfile(args.image):
         raise SystemExit(f'image {args.image!r} does not exist')
-    if args.checkpoint != 'init' and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist (or pass "init")')
 
     import matplotlib
     matplotlib.use('Agg')
@@ -101,22 +85,12 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(0)
-    model = build_task_model(cfg)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights reports every parameter at INFO
+    untrained = dict(build_trained_model(cfg, 'init').backbone.named_parameters()
+                     ) if args.reset_to_init else {}
     try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    untrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()
-                 } if args.reset_to_init else {}
-    if args.checkpoint != 'init':
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, args.checkpoint, map_location='cpu')
-    backbone = model.backbone.eval()
+        backbone = build_trained_model(cfg, args.checkpoint).backbone
+    except FileNotFoundError as error:
+        raise SystemExit(str(error))
     for pattern in args.reset_to_init:
         names = fnmatch.filter(untrained, pattern)
         if not names:
