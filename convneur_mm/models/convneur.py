@@ -291,7 +291,8 @@ class ConvNeur(BaseModule):
             scratch. Default: 1 (the paper's gate).
         stem (str): ``'conv'`` (default: two 3x3 stride-2 convs, :class:`Stem`) or
             ``'patchify'`` (ConvNeXt's 4x4 stride-4 conv, :class:`PatchifyStem`). The paper does
-            not describe its stem; ``'patchify'`` is for measuring what the stem does.
+            not describe its stem; ``'patchify'`` is the from-scratch recipe of the dense scenes
+            configs (``configs/scenes/*-patchify*.py``), where it trained faster.
         use_grn (bool): ConvNeXt-V2's global response normalisation in every block's MLP
             (:class:`GRN`, the identity at initialisation). Not in the paper. Default: False.
         gap_before_final_norm (bool): return global-average-pooled (B, C) vectors (for a
