@@ -186,17 +186,17 @@ def test_write_strength_tool_reads_training_work_dirs(tmp_path):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / f'{i}.png')
     runs = []
     for seed, scale in ((0, 1.0), (1, 3.0)):
-        run = tmp_path / f'seed{seed}'
-        run.mkdir()
-        config.dump(str(run / 'config.py'))
+        work_dir = tmp_path / f'seed{seed}'
+        work_dir.mkdir()
+        config.dump(str(work_dir / 'config.py'))
         torch.manual_seed(0)
-        model = build_task_model(Config.fromfile(run / 'config.py'))
+        model = build_task_model(Config.fromfile(work_dir / 'config.py'))
         model.init_weights()
         with torch.no_grad():  # "training" that changes stage 4's memory only
             model.backbone.stages[3].memory.qkv.weight.mul_(scale)
-        torch.save(dict(state_dict=model.state_dict()), run / 'iter_1.pth')
-        (run / 'last_checkpoint').write_text(str(run / 'iter_1.pth'))
-        runs.append(str(run))
+        torch.save(dict(state_dict=model.state_dict()), work_dir / 'iter_1.pth')
+        (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_1.pth'))
+        runs.append(str(work_dir))
 
     def run(*args):
         return subprocess.run([sys.executable, str(REPO / 'tools/analysis/write_strength.py'),
