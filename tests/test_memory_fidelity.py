@@ -214,3 +214,6 @@ def test_write_strength_tool_reads_training_work_dirs(tmp_path):
     assert 'mean ± 95% CI (2 runs)' in rows and len(rows['smallest']) == 4
     out = run(str(images))
     assert out.returncode != 0 and 'expected one config (*.py)' in out.stderr
+    (tmp_path / 'seed1' / 'iter_1.pth').unlink()
+    out = run(runs[1])
+    assert out.returncode != 0 and "names 'iter_1.pth', which is not in the work directory" in out.stderr

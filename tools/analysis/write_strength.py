@@ -36,8 +36,11 @@ def run_files(run_dir):
         raise SystemExit(f'{run_dir}: no last_checkpoint file; has the run saved a checkpoint?')
     with open(pointer) as f:
         checkpoint = f.read().strip()
-    if not osp.isabs(checkpoint) and not osp.isfile(checkpoint):
+    if not osp.isfile(checkpoint):  # a work directory moved since: its file is beside the pointer
         checkpoint = osp.join(run_dir, osp.basename(checkpoint))
+    if not osp.isfile(checkpoint):
+        raise SystemExit(f'{run_dir}: last_checkpoint names {osp.basename(checkpoint)!r}, which '
+                         f'is not in the work directory')
     return configs[0], checkpoint
 
 
