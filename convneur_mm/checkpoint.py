@@ -12,6 +12,7 @@ One reference needs care: a HistoryBuffer pickles its statistics methods as
 checkpoint walk from any allowed type to arbitrary code. ``builtins.getattr`` is therefore mapped to
 :func:`_history_buffer_getattr`, which resolves those few names and refuses everything else.
 """
+import os.path as osp
 import pickle
 
 import numpy as np
@@ -62,6 +63,30 @@ def _state_dict_of(ckpt, filename):
             return ckpt
     raise ValueError(f'{filename!r} holds no state dict: expected a dict of tensors or a dict '
                      f'with a "state_dict" or "model" entry, got {type(ckpt).__name__}')
+
+
+def last_checkpoint(work_dir):
+    """The checkpoint that a training work directory's ``last_checkpoint`` file names.
+
+    mmengine writes the path as it was at save time, so a work directory moved since (an archive,
+    another machine) is looked up by file name beside the pointer.
+
+    Raises:
+        FileNotFoundError: the directory has no ``last_checkpoint`` file, or the checkpoint it
+            names is neither at that path nor in the directory.
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        raise FileNotFoundError(f'{work_dir}: no last_checkpoint file; has the run saved a '
+                                f'checkpoint?')
+    with open(pointer) as f:
+        checkpoint = f.read().strip()
+    if not osp.isfile(checkpoint):
+        checkpoint = osp.join(work_dir, osp.basename(checkpoint))
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'{work_dir}: last_checkpoint names '
+                                f'{osp.basename(checkpoint)!r}, which is not in the work directory')
+    return checkpoint
 
 
 def load_pretrained(module, filename, prefix=None, map_location='cpu'):

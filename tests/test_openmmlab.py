@@ -209,6 +209,18 @@ def test_bad_pretrained_files_fail_clearly(tmp_path, content, prefix, error, mat
         model.init_weights()
 
 
+def test_last_checkpoint_follows_a_moved_work_directory(tmp_path):
+    from convneur_mm.checkpoint import last_checkpoint
+    with pytest.raises(FileNotFoundError, match='no last_checkpoint file'):
+        last_checkpoint(str(tmp_path))
+    (tmp_path / 'iter_8.pth').write_bytes(b'')
+    (tmp_path / 'last_checkpoint').write_text('/elsewhere/run/iter_8.pth\n')
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_8.pth')
+    (tmp_path / 'iter_8.pth').unlink()
+    with pytest.raises(FileNotFoundError, match="names 'iter_8.pth', which is not in the work"):
+        last_checkpoint(str(tmp_path))
+
+
 def test_package_exports():
     assert convneur_mm.__version__
     assert convneur_mm.LayerDecayOptimWrapperConstructor.__name__ == 'LayerDecayOptimWrapperConstructor'

@@ -59,6 +59,7 @@ from mmengine.config import Config
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 from convneur_mm import archive
+from convneur_mm.checkpoint import last_checkpoint
 from convneur_mm.models.convneur import ConvNeur
 from convneur_mm.presets import (C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES, ONE_RECIPE_OPTIM,
                                  gated_peer)
@@ -413,9 +414,8 @@ def export_backbone(work_dir):
     ``backbone.pth``: mmdet's PVTv2 loads a Pretrained checkpoint ignoring ``prefix``, so only an
     unprefixed file starts every peer from its own weights."""
     import torch
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        last = f.read().strip()
-    state = torch.load(last, map_location='cpu', weights_only=True)['state_dict']
+    state = torch.load(last_checkpoint(work_dir), map_location='cpu',
+                       weights_only=True)['state_dict']
     backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     torch.save(dict(state_dict=backbone), osp.join(work_dir, 'backbone.pth'))
 
@@ -498,8 +498,7 @@ def test(result, work_dir, threads, args):
         raise RuntimeError(f'{task} / {name} / seed {seed}: its result comes from the archive '
                            f'without test metrics and its checkpoint is not in {work_dir}; '
                            f'delete {archive_path(args, work_dir)} to train it again')
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
+    checkpoint = last_checkpoint(work_dir)
     test_dir = osp.join(work_dir, 'test')
     rc = _run_tool('tools/test.py', [osp.join(work_dir, 'config.py'), checkpoint,
                                      '--work-dir', test_dir],

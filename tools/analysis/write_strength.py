@@ -19,6 +19,7 @@ import os.path as osp
 from mmengine.config import Config
 
 from convneur_mm.analysis import load_image, memory_stats
+from convneur_mm.checkpoint import last_checkpoint
 from convneur_mm.engine.launch import build_trained_model
 from convneur_mm.stats import mean_ci
 
@@ -31,17 +32,10 @@ def run_files(run_dir):
     if len(configs) != 1:
         raise SystemExit(f'{run_dir}: expected one config (*.py) in a training work directory, '
                          f'found {len(configs)}')
-    pointer = osp.join(run_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
-        raise SystemExit(f'{run_dir}: no last_checkpoint file; has the run saved a checkpoint?')
-    with open(pointer) as f:
-        checkpoint = f.read().strip()
-    if not osp.isfile(checkpoint):  # a work directory moved since: its file is beside the pointer
-        checkpoint = osp.join(run_dir, osp.basename(checkpoint))
-    if not osp.isfile(checkpoint):
-        raise SystemExit(f'{run_dir}: last_checkpoint names {osp.basename(checkpoint)!r}, which '
-                         f'is not in the work directory')
-    return configs[0], checkpoint
+    try:
+        return configs[0], last_checkpoint(run_dir)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
 
 
 def strengths(config, checkpoint, images, size):
