@@ -124,7 +124,9 @@ def test_benchmark_small_run(tmp_path):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models', 'convneur-m1',
            'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '1',
            '--throughput-batch', '2', '--out', str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    # glibc's allocator, fixed through its environment variable, is part of the report
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 << 20))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(tmp_path / 'results.csv') as f:
         rows = list(csv.DictReader(f))
@@ -132,6 +134,7 @@ def test_benchmark_small_run(tmp_path):
     for r in rows:
         assert float(r['latency_ms']) > 0 and float(r['peak_mem']) > 0
         assert float(r['throughput']) > 0 and r['batch'] == '2'
+        assert float(r['page_faults']) >= 0
     # the time inside the memories, by hooks: only where there are memories, and part of the pass
     inside = {r['model']: r['memory_ms'] for r in rows}
     assert inside['convneur-m1-local'] == inside['resnet18'] == ''
@@ -140,6 +143,7 @@ def test_benchmark_small_run(tmp_path):
     assert 0.70e9 < flops['convneur-m1'] < 0.72e9 and flops['convneur-m1-local'] < flops['convneur-m1']
     assert abs(flops['resnet18'] / 1.82e9 - 1) < 0.01  # mmpretrain's model card: 1.82 GFLOPs
     report = (tmp_path / 'results.md').read_text()
+    assert f'allocator: MALLOC_MMAP_THRESHOLD_={64 << 20}' in report
     assert 'convneur-m1 @224: memory branch <= 20% of latency' in report
     assert 'convneur-m1 @224: time inside the memory modules' in report
     assert 'GFLOP/s >= 0.8x median of conv peers' in report

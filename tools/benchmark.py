@@ -14,8 +14,15 @@ On a CUDA machine the timings use CUDA events, fp16 autocast and channels_last.
 Reported per model and input size: backbone parameters, FLOPs (mmengine's FlopAnalyzer, one
 multiply-add = one FLOP, attention included), latency at batch 1, throughput at a larger batch
 (224^2 and 512^2), peak memory allocated by a forward pass (CPU: from the profiler's memory
-events; CUDA: max allocated), and achieved GFLOP/s. Then a least-squares fit of log FLOPs and log latency
-against log pixels, and the speed targets, each with its measured value and PASS / MISS.
+events; CUDA: max allocated), achieved GFLOP/s and, on a CPU, the page faults of a pass. Then a
+least-squares fit of log FLOPs and log latency against log pixels, and the speed targets, each with
+its measured value and PASS / MISS.
+
+Page faults: glibc's allocator hands blocks above its mmap threshold (128 KiB at start, raised as
+the process frees larger blocks) straight to the kernel, so a forward pass can fault in its
+temporaries afresh every time; how often depends on what the process did before, and that is part
+of run-to-run noise on CPU. The ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``
+environment variables fix the thresholds (docs/benchmarks.md, "How it measures").
 
 ConvNeur runs with each task's memory settings: chunk 196 (classification) at 224^2, chunk 4096
 (the paper's detection and segmentation setting) at every larger size. ``convneur-mX-compiled``
@@ -35,6 +42,7 @@ import csv
 import importlib
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -281,6 +289,19 @@ def parse_args():
     return args
 
 
+def minor_faults():
+    """Minor page faults of this process (every thread) so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# glibc's allocator settings read from the environment at start-up, reported with the results
+MALLOC_ENV = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_ARENA_MAX', 'LD_PRELOAD')
+
+
+def allocator_settings():
+    return ', '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV if os.environ.get(k)) or 'defaults'
+
+
 class Timer:
     """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU."""
 
@@ -462,7 +483,8 @@ def run(args):
     timer = Timer(device)
     log(f'device: {device} ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}), '
         f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
-        f'{args.rounds} interleaved rounds after {args.warmup} warm-up run(s)')
+        f'{args.rounds} interleaved rounds after {args.warmup} warm-up run(s)'
+        + (f', allocator: {allocator_settings()}' if device.type == 'cpu' else ''))
 
     models = {}
     for name in args.models:
@@ -506,7 +528,7 @@ def run(args):
             results[name] = dict(model=name, family=MODELS[name][0], size=size, height=h, width=w,
                                  params=count_params(model), flops=flops, times=[],
                                  peak_mem=peak_memory(forward, device), forward=forward, x=x,
-                                 train_times=[], train_step=None, memory_times=[],
+                                 train_times=[], train_step=None, memory_times=[], faults=[],
                                  memory_train_times=[], memory_train_step=None,
                                  clock=MemoryClock(model) if device.type == 'cpu' else None)
             if size in TRAIN_SIZES and name.startswith('convneur'):
@@ -527,7 +549,10 @@ def run(args):
                 clock = results[name]['clock']
                 if clock is not None:
                     clock.seconds = 0.0
+                faults = minor_faults()
                 results[name]['times'].append(timer(results[name]['forward']))
+                if device.type == 'cpu':
+                    results[name]['faults'].append(minor_faults() - faults)
                 if clock is not None and clock.handles:
                     results[name]['memory_times'].append(clock.seconds)
                 if results[name]['train_step'] is not None:
@@ -542,6 +567,7 @@ def run(args):
             res['latency_ms'] = statistics.median(res['times']) * 1e3
             res['spread_ms'] = (max(res['times']) - min(res['times'])) * 1e3
             res['gflops_per_s'] = res['flops'] / 1e9 / (res['latency_ms'] / 1e3)
+            res['page_faults'] = statistics.median(res['faults']) if res['faults'] else None
             res['throughput'] = None
             res['batch'] = batch
             res['train_ms'] = (statistics.median(res['train_times']) * 1e3
@@ -563,6 +589,8 @@ def run(args):
                 f'{res["gflops_per_s"]:6.1f} GFLOP/s'
                 + (f', {res["throughput"]:.1f} img/s at batch {batch}' if res['throughput'] else '')
                 + (f', peak +{res["peak_mem"] / 2**20:.0f} MiB' if res['peak_mem'] is not None else '')
+                + (f', {res["page_faults"]:.0f} page faults' if res['page_faults'] is not None
+                   else '')
                 + (f', forward+backward {res["train_ms"]:.1f} ms' if res['train_ms'] else '')
                 + (f', {res["memory_ms"]:.1f} ms in its memories' if res['memory_ms'] else '')
                 + (f', its memories alone forward+backward {res["memory_train_ms"]:.1f} ms'
@@ -573,7 +601,7 @@ def run(args):
                     profile(f'{name}_b{batch}', size, forward_batch, args.out, device)
                 else:
                     profile(name, size, res['forward'], args.out, device)
-            for key in ('forward', 'x', 'times', 'train_times', 'train_step', 'memory_times',
+            for key in ('forward', 'x', 'times', 'faults', 'train_times', 'train_step', 'memory_times',
                         'memory_train_times', 'memory_train_step', 'clock'):
                 del res[key]
             rows.append(res)
@@ -665,8 +693,8 @@ def write_outputs(rows, device, args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fields = ['model', 'family', 'size', 'height', 'width', 'params', 'flops', 'latency_ms',
-              'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem', 'train_ms',
-              'memory_ms', 'memory_train_ms']
+              'spread_ms', 'gflops_per_s', 'batch', 'throughput', 'peak_mem', 'page_faults',
+              'train_ms', 'memory_ms', 'memory_train_ms']
     with open(out / 'results.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
@@ -675,7 +703,8 @@ def write_outputs(rows, device, args):
     fitted = fits(rows)
     checks = targets(rows, fitted)
     machine = (torch.cuda.get_device_name() if device.type == 'cuda'
-               else f'CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible)')
+               else f'CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible), '
+                    f'allocator: {allocator_settings()}')
     peers = ('mmpretrain / mmdet' if args.peer_library == 'openmmlab'
              else f'timm {importlib.import_module("timm").__version__}')
     lines = [f'Machine: {machine}; torch {torch.__version__}; peers from {peers}; '
@@ -689,18 +718,19 @@ def write_outputs(rows, device, args):
         h, w = SIZES[size]
         lines += [f'### {h}x{w}', '',
                   '| model | params (M) | GFLOPs | latency (ms, batch 1) | in its memories (ms) | '
-                  'GFLOP/s | throughput (img/s) | peak memory (MiB) | forward+backward (ms) | '
-                  'its memories alone, forward+backward (ms) |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  'GFLOP/s | throughput (img/s) | peak memory (MiB) | page faults per pass | '
+                  'forward+backward (ms) | its memories alone, forward+backward (ms) |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         for r in sized:
             tput = f'{r["throughput"]:.1f} (b{r["batch"]})' if r['throughput'] else '-'
             mem = f'{r["peak_mem"] / 2**20:.0f}' if r['peak_mem'] is not None else '-'
             train = f'{r["train_ms"]:.1f}' if r['train_ms'] else '-'
             inside = f'{r["memory_ms"]:.1f}' if r['memory_ms'] else '-'
             alone = f'{r["memory_train_ms"]:.1f}' if r['memory_train_ms'] else '-'
+            faults = f'{r["page_faults"]:.0f}' if r['page_faults'] is not None else '-'
             lines.append(f'| {r["model"]} | {r["params"] / 1e6:.2f} | {r["flops"] / 1e9:.2f} | '
                          f'{r["latency_ms"]:.1f} | {inside} | {r["gflops_per_s"]:.1f} | {tput} | '
-                         f'{mem} | {train} | {alone} |')
+                         f'{mem} | {faults} | {train} | {alone} |')
         lines.append('')
     if fitted:
         lines += ['### Exponents against pixel count (log-log least squares)', '',
