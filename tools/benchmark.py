@@ -601,8 +601,8 @@ def run(args):
                     profile(f'{name}_b{batch}', size, forward_batch, args.out, device)
                 else:
                     profile(name, size, res['forward'], args.out, device)
-            for key in ('forward', 'x', 'times', 'faults', 'train_times', 'train_step', 'memory_times',
-                        'memory_train_times', 'memory_train_step', 'clock'):
+            for key in ('forward', 'x', 'times', 'faults', 'train_times', 'train_step',
+                        'memory_times', 'memory_train_times', 'memory_train_step', 'clock'):
                 del res[key]
             rows.append(res)
         for name in results:
