@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+import operator
 import os
 import os.path as osp
 import shutil
@@ -32,6 +33,30 @@ def test_fit_exponent_recovers_a_power_law():
     pixels = [224 ** 2, 512 ** 2, 1024 ** 2, 2048 ** 2]
     assert fit(pixels, [3.0 * p ** 1.3 for p in pixels]) == pytest.approx(1.3)
     assert fit(pixels[:1], [1.0]) is None
+
+
+def test_latency_targets_are_read_round_by_round_with_an_interval():
+    benchmark = load_tool('benchmark')
+    row = lambda times: dict(times=times)  # noqa: E731
+    local = row([8.0, 9.0, 8.5, 8.2, 8.8])
+    # the same 10% share in every round: an interval of zero width, clear of a 20% limit
+    measured, status = benchmark.paired(benchmark.share, row([t / 0.9 for t in local['times']]),
+                                        local, 'times', 0.20)
+    assert status == 'PASS' and measured.startswith('10.0% (95% CI 10.0%-10.0%, 5 rounds)')
+    _, status = benchmark.paired(benchmark.share, row([t / 0.7 for t in local['times']]),
+                                 local, 'times', 0.20)
+    assert status == 'MISS'
+    # shares of 10% to 30% from round to round: the interval holds the limit
+    full = row([t / (1 - s) for t, s in zip(local['times'], (0.1, 0.3, 0.15, 0.28, 0.2))])
+    measured, status = benchmark.paired(benchmark.share, full, local, 'times', 0.20)
+    assert status == 'not separated' and measured.startswith('20.6% (95% CI 10.1%-31.1%')
+    # pairs are taken round by round: the slow round of both networks cancels out
+    _, status = benchmark.paired(operator.truediv, row([10.0, 20.0, 10.2]),
+                                 row([10.5, 21.0, 10.6]), 'times', 1.0)
+    assert status == 'PASS'
+    # one round gives no interval: its value decides
+    assert benchmark.paired(benchmark.share, row([10.0]), row([7.0]), 'times', 0.20) == \
+        ('30.0%', 'MISS')
 
 
 def test_count_flops_includes_attention():
