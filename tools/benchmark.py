@@ -21,11 +21,15 @@ against another) is read round by round: both networks ran in every round, so ea
 one ratio, and the report has their mean with its 95% t-interval; PASS and MISS need the whole
 interval on one side of the limit, and an interval across it reads "not separated".
 
-Page faults: glibc's allocator hands blocks above its mmap threshold (128 KiB at start, raised as
-the process frees larger blocks) straight to the kernel, so a forward pass can fault in its
-temporaries afresh every time; how often depends on what the process did before, and that is part
-of run-to-run noise on CPU. The ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``
-environment variables fix the thresholds (docs/benchmarks.md, "How it measures").
+Allocator (CPU): glibc's allocator hands blocks above its mmap threshold (128 KiB at start, raised
+as the process frees larger blocks) to the kernel and back, so a forward pass can fault its
+temporaries in afresh; how often depends on what the process did before, and it changed one
+model's latency by up to a fifth and the comparisons between models with it (docs/benchmarks.md).
+So by default (``--allocator fixed``) the tool fixes glibc's mmap and trim thresholds at 1 GiB
+before it builds a model: freed memory stays in the process and no pass faults, whatever
+ran before it. ``--allocator system`` leaves the allocator as the environment set it (glibc's
+defaults, ``MALLOC_*`` variables, an ``LD_PRELOAD``ed allocator). The page faults of every pass
+are reported either way.
 
 ConvNeur runs with each task's memory settings: chunk 196 (classification) at 224^2, chunk 4096
 (the paper's detection and segmentation setting) at every larger size. ``convneur-mX-compiled``
@@ -42,6 +46,7 @@ import argparse
 import atexit
 import contextlib
 import csv
+import ctypes
 import importlib
 import math
 import operator
@@ -261,6 +266,11 @@ def parse_args():
     parser.add_argument('--peer-library', choices=('openmmlab', 'timm'), default='openmmlab',
                         help='where the peers come from: mmpretrain and mmdet (default), or timm '
                              f'(models {", ".join(TIMM_PEERS)})')
+    parser.add_argument('--allocator', choices=('fixed', 'system'), default='fixed',
+                        help="CPU memory allocator: 'fixed' (default) sets glibc's mmap and trim "
+                             "thresholds so that freed memory stays in the process and passes do "
+                             "not fault their temporaries in; 'system' leaves it as the "
+                             "environment set it")
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--no-plots', action='store_true')
     args = parser.parse_args()
@@ -299,12 +309,27 @@ def minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-# glibc's allocator settings read from the environment at start-up, reported with the results
+# Allocator settings of the environment, reported with --allocator system
 MALLOC_ENV = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_ARENA_MAX', 'LD_PRELOAD')
+# glibc's mallopt parameters and the thresholds --allocator fixed sets: above every temporary of
+# the models up to 2048^2 but global attention's, which --budget skips there anyway
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+FIXED_THRESHOLDS = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 1 << 30}  # mallopt takes an int
 
 
-def allocator_settings():
-    return ', '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV if os.environ.get(k)) or 'defaults'
+def set_allocator(mode):
+    """Apply ``--allocator`` and return how the report names it."""
+    if mode == 'system':
+        env = ', '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV if os.environ.get(k))
+        return f'system ({env or "no MALLOC_* or LD_PRELOAD set"})'
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None or not all(mallopt(k, v) for k, v in FIXED_THRESHOLDS.items()):
+        raise SystemExit('--allocator fixed needs glibc (its mallopt); this C library has none. '
+                         'Run with --allocator system.')
+    return 'fixed (glibc mmap and trim thresholds 1 GiB)'
 
 
 class Timer:
@@ -486,10 +511,11 @@ def run(args):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # each model and input size picks its kernels
     timer = Timer(device)
+    args.allocator_report = set_allocator(args.allocator) if device.type == 'cpu' else None
     log(f'device: {device} ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}), '
         f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
         f'{args.rounds} interleaved rounds after {args.warmup} warm-up run(s)'
-        + (f', allocator: {allocator_settings()}' if device.type == 'cpu' else ''))
+        + (f', allocator: {args.allocator_report}' if device.type == 'cpu' else ''))
 
     models = {}
     for name in args.models:
@@ -731,7 +757,7 @@ def write_outputs(rows, device, args):
     checks = targets(rows, fitted)
     machine = (torch.cuda.get_device_name() if device.type == 'cuda'
                else f'CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible), '
-                    f'allocator: {allocator_settings()}')
+                    f'allocator: {args.allocator_report}')
     peers = ('mmpretrain / mmdet' if args.peer_library == 'openmmlab'
              else f'timm {importlib.import_module("timm").__version__}')
     lines = [f'Machine: {machine}; torch {torch.__version__}; peers from {peers}; '
