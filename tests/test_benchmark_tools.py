@@ -129,14 +129,19 @@ def test_benchmark_baseline_builds_a_revisions_convneur_beside_this_one():
     assert out.returncode == 2 and '--baseline HEAD times nothing unless --models' in out.stderr
 
 
-def test_benchmark_names_the_allocator_it_left_alone(monkeypatch):
-    set_allocator = load_tool('benchmark').set_allocator
+def test_benchmark_names_the_allocator_it_left_alone(monkeypatch, capsys):
+    benchmark = load_tool('benchmark')
+    set_allocator = benchmark.set_allocator
     for name in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_ARENA_MAX',
                  'LD_PRELOAD'):
         monkeypatch.delenv(name, raising=False)
     assert set_allocator('system') == 'system (no MALLOC_* or LD_PRELOAD set)'
     monkeypatch.setenv('MALLOC_ARENA_MAX', '2')
     assert set_allocator('system') == 'system (MALLOC_ARENA_MAX=2)'
+    # a C library without glibc's mallopt: the allocator is left alone, and the report says so
+    monkeypatch.setattr(benchmark.ctypes, 'CDLL', lambda name: object())
+    assert set_allocator('fixed') == 'system (MALLOC_ARENA_MAX=2)'
+    assert 'needs glibc' in capsys.readouterr().out
 
 
 def test_benchmark_times_the_memories_alone_forward_and_backward():
@@ -157,7 +162,7 @@ def test_benchmark_times_the_memories_alone_forward_and_backward():
 
 def test_benchmark_small_run(tmp_path):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--models', 'convneur-m1',
-           'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '1',
+           'convneur-m1-local', 'resnet18', '--sizes', '224', '--rounds', '3',
            '--throughput-batch', '2', '--out', str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -167,8 +172,10 @@ def test_benchmark_small_run(tmp_path):
     for r in rows:
         assert float(r['latency_ms']) > 0 and float(r['peak_mem']) > 0
         assert float(r['throughput']) > 0 and r['batch'] == '2'
-        # with glibc's thresholds fixed, freed memory stays in the process: a pass reuses it
-        assert 0 <= float(r['page_faults']) <= 16
+        # faults are counted per pass (the median of the rounds), not since the start: with
+        # glibc's thresholds fixed, a pass reuses the memory earlier passes freed (a first round
+        # may still grow the heap by a few hundred pages)
+        assert 0 <= float(r['page_faults']) <= 64
     # the time inside the memories, by hooks: only where there are memories, and part of the pass
     inside = {r['model']: r['memory_ms'] for r in rows}
     assert inside['convneur-m1-local'] == inside['resnet18'] == ''

@@ -66,8 +66,8 @@ from mmengine.config import DictAction
 from convneur_mm.analysis import count_flops, count_params
 from convneur_mm.engine.launch import key_value
 from convneur_mm.models import ConvNeur
-from convneur_mm.stats import mean_ci
 from convneur_mm.presets import C3_C5_PLACES, CONVNEXTV2, GLOBAL_BRANCHES
+from convneur_mm.stats import mean_ci
 
 # name: (family, builder). The peers are the backbones only, with the defaults their dense
 # prediction configs use, so the comparison is backbone against backbone.
@@ -319,17 +319,17 @@ FIXED_THRESHOLDS = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 1 << 30}  # mal
 
 def set_allocator(mode):
     """Apply ``--allocator`` and return how the report names it."""
-    if mode == 'system':
-        env = ', '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV if os.environ.get(k))
-        return f'system ({env or "no MALLOC_* or LD_PRELOAD set"})'
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None or not all(mallopt(k, v) for k, v in FIXED_THRESHOLDS.items()):
-        raise SystemExit('--allocator fixed needs glibc (its mallopt); this C library has none. '
-                         'Run with --allocator system.')
-    return 'fixed (glibc mmap and trim thresholds 1 GiB)'
+    if mode == 'fixed':
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):
+            mallopt = None
+        if mallopt is not None and all(mallopt(k, v) for k, v in FIXED_THRESHOLDS.items()):
+            return 'fixed (glibc mmap and trim thresholds 1 GiB)'
+        log('--allocator fixed needs glibc\'s mallopt, which this C library lacks: the allocator '
+            'is left as it is')
+    env = ', '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV if os.environ.get(k))
+    return f'system ({env or "no MALLOC_* or LD_PRELOAD set"})'
 
 
 class Timer:
